@@ -1,0 +1,3 @@
+from meter_batch.cli import main
+
+raise SystemExit(main())

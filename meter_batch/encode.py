@@ -1,0 +1,75 @@
+"""uint8 pixel batches -> L2-normalized float16 embeddings, on the chosen device."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from meter_batch.errors import ConfigError
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where and how the model runs, decided once from the user's settings."""
+
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def plan_device(device: str, precision: str) -> DevicePlan:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
+    resolved = "cuda" if device == "auto" and torch.cuda.is_available() else device
+    resolved = "cpu" if resolved == "auto" else resolved
+    if precision == "auto":
+        precision = "bf16" if resolved == "cuda" else "fp32"
+    if resolved == "cpu" and precision == "fp16":
+        raise ConfigError("precision 'fp16' needs a CUDA device; use fp32 or bf16 on the CPU")
+    return DevicePlan(torch.device(resolved), precision)
+
+
+class ImageEncoder:
+    """Normalizes uint8 pixels on the device and runs ``encode_image`` under autocast."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        plan: DevicePlan,
+    ) -> None:
+        self.plan = plan
+        self.model = model.to(plan.device).eval()
+        if plan.is_cuda:
+            # ResNets run faster channels-last; the pixels already arrive in that layout.
+            self.model = self.model.to(memory_format=torch.channels_last)
+        shape = (1, len(mean), 1, 1)
+        self.mean = torch.tensor(mean, device=plan.device).view(shape) * 255.0
+        self.std = torch.tensor(std, device=plan.device).view(shape) * 255.0
+
+    @torch.inference_mode()
+    def __call__(self, pixels_nhwc: torch.Tensor) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, D) float16, each row of unit length."""
+        if pixels_nhwc.shape[0] == 0:
+            raise ValueError("empty batch")
+        pixels = pixels_nhwc.to(self.plan.device, non_blocking=True).permute(0, 3, 1, 2)
+        images = (pixels.float() - self.mean) / self.std
+        with self._autocast():
+            features = self.model.encode_image(images)  # type: ignore[operator]
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        return features.to(torch.float16).cpu().numpy()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        dtype = _AUTOCAST_DTYPES.get(self.plan.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.plan.device.type, dtype=dtype)

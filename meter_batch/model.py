@@ -1,0 +1,281 @@
+"""OpenCLIP model loading from local files only, and the model's identity.
+
+Architectures: any open_clip name, or a JSON model config file. Weights: a local
+checkpoint (open_clip training checkpoint, plain state dict, or .safetensors), an
+open_clip pretrained tag found in the local caches, or ``none`` (seeded random init).
+Nothing is ever downloaded and nothing is unpickled beyond tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.convert import convert_state_dict
+from open_clip.model import (
+    convert_to_custom_text_state_dict,
+    resize_pos_embed,
+    resize_text_pos_embed,
+)
+
+from meter_batch.config import ModelSpec
+from meter_batch.errors import ModelError
+
+NO_WEIGHTS = "none"
+_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+_HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What makes two embeddings comparable. Stored in store.json; compared on every run."""
+
+    architecture: str
+    config_sha256: str
+    pretrained: str
+    checkpoint_sha256: str | None
+    seed: int | None
+    quick_gelu: bool
+    preprocess: dict[str, Any]
+    embed_dim: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelIdentity:
+        return cls(**data)
+
+    def differences(self, other: ModelIdentity) -> list[str]:
+        mine, theirs = self.to_json(), other.to_json()
+        return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+
+
+@dataclass
+class LoadedModel:
+    """A ready model plus what a run needs beside it."""
+
+    model: torch.nn.Module
+    identity: ModelIdentity
+    architecture: str  # the name open_clip knows it by
+    reference_preprocess: Callable[[Any], torch.Tensor]  # open_clip's own eval transform
+    tokenizer: Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Weights:
+    pretrained: str  # as the identity records it
+    path: Path | None
+    quick_gelu: bool = False
+    preprocess_overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Create the model described by ``spec`` in eval mode on the CPU."""
+    architecture, config = resolve_architecture(spec.name)
+    weights = resolve_weights(architecture, spec.pretrained)
+    torch.manual_seed(spec.seed)  # only matters for random init, but always deterministic
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            architecture,
+            pretrained=None,
+            force_quick_gelu=weights.quick_gelu,
+            **_preprocess_kwargs(dict(weights.preprocess_overrides)),
+        )
+    except Exception as exc:  # open_clip raises bare RuntimeErrors/KeyErrors for bad configs
+        raise ModelError(f"cannot build model {spec.name!r}: {exc}") from exc
+    checkpoint_sha = None
+    if weights.path is not None:
+        checkpoint_sha = file_sha256(weights.path)
+        load_weights_into(model, read_state_dict(weights.path), weights.path)
+    model.eval()
+    identity = ModelIdentity(
+        architecture=architecture,
+        config_sha256=_sha256_json(config),
+        pretrained=weights.pretrained,
+        checkpoint_sha256=checkpoint_sha,
+        seed=spec.seed if weights.path is None else None,
+        quick_gelu=weights.quick_gelu,
+        # JSON round trip: the identity must compare equal to itself read back from store.json
+        preprocess=json.loads(json.dumps(dict(model.visual.preprocess_cfg))),
+        embed_dim=int(config["embed_dim"]),
+    )
+    tokenizer = open_clip.get_tokenizer(architecture)
+    return LoadedModel(model, identity, architecture, preprocess, tokenizer)
+
+
+def resolve_architecture(name: str) -> tuple[str, dict[str, Any]]:
+    """(open_clip model name, model config) for a built-in name or a JSON config file."""
+    if name.endswith(".json") or os.path.sep in name:
+        return _register_json_config(Path(name))
+    config = open_clip.get_model_config(name)
+    if config is None:
+        known = ", ".join(m for m in open_clip.list_models() if not m.startswith("hf-"))[:300]
+        raise ModelError(
+            f"unknown model {name!r}: not an open_clip architecture and not a JSON config "
+            f"file (known architectures include: {known}...)"
+        )
+    return name, config
+
+
+def _register_json_config(path: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(f"model config file not found: {path}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read model config {path}: {exc}") from exc
+    config = config.get("model_cfg", config) if isinstance(config, dict) else config
+    if not isinstance(config, dict) or not all(k in config for k in _CONFIG_KEYS):
+        raise ModelError(
+            f"{path} is not an open_clip model config: it needs the keys {', '.join(_CONFIG_KEYS)}"
+        )
+    open_clip.add_model_config(path)
+    return path.stem, config
+
+
+def resolve_weights(architecture: str, pretrained: str) -> _Weights:
+    if pretrained.lower() == NO_WEIGHTS:
+        return _Weights(pretrained=NO_WEIGHTS, path=None)
+    candidate = Path(pretrained).expanduser()
+    if candidate.is_file():
+        return _Weights(pretrained=candidate.name, path=candidate.resolve())
+    tag_cfg = open_clip.get_pretrained_cfg(architecture, pretrained)
+    if not tag_cfg:
+        if os.path.sep in pretrained or candidate.suffix:
+            raise ModelError(f"checkpoint file not found: {candidate}")
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(architecture)) or "none"
+        raise ModelError(
+            f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of "
+            f"{architecture} (tags: {tags}; or 'none' for random weights)"
+        )
+    return _Weights(
+        pretrained=pretrained,
+        path=_find_cached_tag(architecture, pretrained, tag_cfg),
+        quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+        preprocess_overrides=tuple(
+            (k, tag_cfg[k]) for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg
+        ),
+    )
+
+
+def tag_cache_candidates(tag_cfg: Mapping[str, Any]) -> list[Path]:
+    """Where weights for a pretrained tag may lie: the HF hub cache, then open_clip's."""
+    candidates: list[Path] = []
+    hub = str(tag_cfg.get("hf_hub", ""))
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hub)  # open_clip's "org/repo/" or "org/repo/file"
+        hub_dir = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+        for name in [filename] if filename else _HF_WEIGHT_FILES:
+            found = try_to_load_from_cache(repo_id, name)
+            candidates.append(Path(found) if isinstance(found, str) else hub_dir / repo_id / name)
+    url = str(tag_cfg.get("url", ""))
+    if url:
+        candidates.append(Path("~/.cache/clip").expanduser() / os.path.basename(url))
+    return candidates
+
+
+def _find_cached_tag(architecture: str, tag: str, tag_cfg: Mapping[str, Any]) -> Path:
+    candidates = tag_cache_candidates(tag_cfg)
+    for path in candidates:
+        if path.is_file():
+            return path
+    where = "; ".join(str(p) for p in candidates) or "(no download location known)"
+    raise ModelError(
+        f"weights for {architecture}/{tag} are not in the local cache (looked for: {where}); "
+        f"nothing is downloaded: copy the file there from a machine that has it, "
+        f"or pass --pretrained /path/to/checkpoint"
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a checkpoint file, without unpickling arbitrary objects."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise ModelError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
+    if _is_torchscript(path):
+        raise ModelError(
+            f"{path} is a TorchScript archive (OpenAI's original format), which is not loaded "
+            f"for safety; save its state_dict() as .safetensors and pass that file"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise ModelError(
+            f"refusing to load {path}: it holds Python objects other than tensors "
+            f"(weights-only load failed: {first_line})"
+        ) from exc
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
+    return _unwrap_state_dict(checkpoint, path)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _unwrap_state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise ModelError(f"{path} holds no state dict (got {type(checkpoint).__name__})")
+    # Training checkpoints written under DistributedDataParallel prefix every key.
+    if all(str(k).startswith("module.") for k in checkpoint):
+        checkpoint = {k[len("module.") :]: v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def load_weights_into(model: torch.nn.Module, state_dict: dict[str, Any], path: Path) -> None:
+    """The same state-dict fix-ups open_clip's load_checkpoint applies, then a strict load."""
+    state_dict = convert_state_dict(model, state_dict)
+    if "positional_embedding" in state_dict and not hasattr(model, "positional_embedding"):
+        state_dict = convert_to_custom_text_state_dict(state_dict)
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state_dict.pop(key, None)
+    scale = getattr(model, "logit_scale", None)
+    if "logit_scale" in state_dict and scale is not None:
+        state_dict["logit_scale"] = state_dict["logit_scale"].reshape(scale.shape)
+    resize_pos_embed(state_dict, model)
+    resize_text_pos_embed(state_dict, model)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        summary = str(exc).splitlines()[0]
+        raise ModelError(f"{path} does not fit this architecture: {summary} ...") from exc
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _preprocess_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    names = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation"}
+    names["resize_mode"] = "image_resize_mode"
+    return {names[k]: v for k, v in overrides.items()}

@@ -1,0 +1,264 @@
+"""The store on disk: layout, lock, staged part writes, and the manifest commit.
+
+    STORE/
+      store.json                 format version + model identity (+ how to reload it)
+      manifests/<seq>.json       the commit point: which parts and index are live
+      embeddings/part-<run>-<n>.parquet
+      failures/part-<run>-<n>.parquet
+      index/<seq>.faiss          FAISS index of the live embeddings (derived data)
+      staging/                   parts of the run in progress; moved into place at commit
+      .lock
+
+Readers trust only what the newest manifest lists. Parts are written to staging/,
+fsynced, renamed into place, and only then is the manifest written (temp + rename):
+a crash leaves debris that the next writer removes, never a half-visible commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from meter_batch.errors import ModelMismatchError, StoreError, StoreLockedError
+from meter_batch.model import ModelIdentity
+from meter_batch.schema import FORMAT_VERSION
+
+STORE_FILE = "store.json"
+LOCK_FILE = ".lock"
+SUBDIRS = ("manifests", "embeddings", "failures", "index", "staging")
+KEEP_MANIFESTS = 2  # the previous one stays readable for readers that opened it
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One committed state of the store."""
+
+    seq: int = 0
+    next_image_id: int = 0
+    embedding_parts: tuple[str, ...] = ()
+    failure_parts: tuple[str, ...] = ()
+    index: str | None = None
+    runs: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        data = {k: v for k, v in data.items() if k != "format_version"}
+        for key in ("embedding_parts", "failure_parts", "runs"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+
+@dataclass
+class Store:
+    """A store opened for reading (``lock`` is None) or writing."""
+
+    root: Path
+    identity: ModelIdentity
+    model_source: dict[str, Any]
+    manifest: Manifest
+    lock: BinaryIO | None = field(default=None, repr=False)
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def live_paths(self, kind: str) -> list[Path]:
+        parts = {
+            "embeddings": self.manifest.embedding_parts,
+            "failures": self.manifest.failure_parts,
+        }
+        return [self.root / p for p in parts[kind]]
+
+
+def open_store(root: Path) -> Store:
+    """Open an existing store for reading."""
+    info = _read_store_file(root)
+    return Store(root, ModelIdentity.from_json(info["model"]), info["model_source"], _latest(root))
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[BinaryIO]:
+    """Hold the store's exclusive lock; raise StoreLockedError at once if it is taken."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK_FILE, "ab")  # noqa: SIM115 -- held for the whole block
+    except OSError as exc:
+        raise StoreError(f"cannot create store at {root}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise StoreLockedError(f"store {root} is locked by another meter-batch run") from exc
+    try:
+        yield handle
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def open_for_write(
+    root: Path, identity: ModelIdentity, model_source: dict[str, Any], lock: BinaryIO
+) -> Store:
+    """Open (creating if new) a store we hold the lock of; refuse another model's store."""
+    if (root / STORE_FILE).exists():
+        store = open_store(root)
+        problems = store.identity.differences(identity)
+        if problems:
+            raise ModelMismatchError(
+                f"store {root} was written by another model ({'; '.join(problems)}); "
+                f"use a new --store or the store's model"
+            )
+    else:
+        store = _create(root, identity, model_source)
+    store.lock = lock
+    _remove_debris(store)
+    return store
+
+
+def _create(root: Path, identity: ModelIdentity, model_source: dict[str, Any]) -> Store:
+    info = {"format_version": FORMAT_VERSION, "model": identity.to_json()}
+    info["model_source"] = model_source
+    try:
+        for sub in SUBDIRS:
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        write_atomic(root / STORE_FILE, lambda f: f.write(_json_bytes(info)))
+    except OSError as exc:
+        raise StoreError(f"cannot create store at {root}: {exc.strerror or exc}") from exc
+    return Store(root, identity, model_source, Manifest())
+
+
+def _read_store_file(root: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((root / STORE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise StoreError(f"{root} is not a meter-batch store (no {STORE_FILE})") from exc
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read {root / STORE_FILE}: {exc}") from exc
+    if info.get("format_version") != FORMAT_VERSION:
+        raise StoreError(
+            f"{root} has store format {info.get('format_version')!r}; "
+            f"this meter-batch reads format {FORMAT_VERSION}"
+        )
+    return info
+
+
+def _manifest_files(root: Path) -> list[Path]:
+    return sorted((root / "manifests").glob("*.json"))
+
+
+def _latest(root: Path) -> Manifest:
+    files = _manifest_files(root)
+    if not files:
+        return Manifest()
+    try:
+        return Manifest.from_json(json.loads(files[-1].read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise StoreError(f"cannot read manifest {files[-1]}: {exc}") from exc
+
+
+def _remove_debris(store: Store) -> None:
+    """Delete what a crashed run left: staged files and parts no manifest lists."""
+    live = set(store.manifest.embedding_parts) | set(store.manifest.failure_parts)
+    live |= {m.index for m in [store.manifest] if m.index}
+    shutil.rmtree(store.root / "staging", ignore_errors=True)
+    (store.root / "staging").mkdir(exist_ok=True)
+    for sub in ("embeddings", "failures", "index"):
+        for path in (store.root / sub).iterdir():
+            if f"{sub}/{path.name}" not in live and not _kept_index(store, sub, path):
+                path.unlink(missing_ok=True)
+
+
+def _kept_index(store: Store, sub: str, path: Path) -> bool:
+    """Keep the index of the previous manifest, which a reader may still have open."""
+    return sub == "index" and path.stem.isdigit() and int(path.stem) >= store.manifest.seq - 1
+
+
+def write_parquet_staged(store: Store, table: pa.Table, final_relpath: str) -> None:
+    """Write a Parquet part into staging/ (fsynced); `commit` moves it into place."""
+    staged = staged_path(store, final_relpath)
+    column_compression = {name: "zstd" for name in table.column_names}
+    column_compression["embedding"] = "none"  # float16 noise does not compress; keep reads fast
+    try:
+        with open(staged, "wb") as handle:
+            pq.write_table(
+                table,
+                handle,
+                compression=column_compression,
+                use_dictionary=[c for c in ("run_id", "kind") if c in table.column_names],
+                write_statistics=[c for c in table.column_names if c != "embedding"],
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise _write_error(staged, exc) from exc
+
+
+def staged_path(store: Store, final_relpath: str) -> Path:
+    return store.root / "staging" / final_relpath.replace("/", "__")
+
+
+def commit(store: Store, manifest: Manifest, staged: list[str], index_file: Path | None) -> None:
+    """Move staged parts (and the new index) into place, then write the manifest: the commit."""
+    try:
+        for relpath in staged:
+            os.replace(staged_path(store, relpath), store.root / relpath)
+        if index_file is not None and manifest.index:
+            os.replace(index_file, store.root / manifest.index)
+        for sub in ("embeddings", "failures", "index"):
+            fsync_dir(store.root / sub)
+        name = store.root / "manifests" / f"{manifest.seq:012d}.json"
+        write_atomic(name, lambda f: f.write(_json_bytes(manifest.to_json())))
+    except OSError as exc:
+        raise _write_error(store.root, exc) from exc
+    store.manifest = manifest
+    _prune_manifests(store.root)
+
+
+def _prune_manifests(root: Path) -> None:
+    for old in _manifest_files(root)[:-KEEP_MANIFESTS]:
+        old.unlink(missing_ok=True)
+
+
+def next_manifest(store: Store, **changes: Any) -> Manifest:
+    return replace(store.manifest, seq=store.manifest.seq + 1, **changes)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Temp file in the same folder, fsync, rename, fsync the folder."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _write_error(where: Path, exc: OSError) -> StoreError:
+    reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return StoreError(f"writing to {where} failed: {reason}; the last commit is intact")

@@ -1,0 +1,123 @@
+"""The CLI: one JSON summary line on success; one error line and a documented code otherwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meter_batch.cli import build_parser, main
+from meter_batch.errors import EXIT_CODES
+from meter_batch.store import locked
+
+
+def encode_args(images: Path, store: Path, config: Path, pretrained: str = "none") -> list[str]:
+    return ["encode", str(images), "--store", str(store), "--model", str(config),
+            "--pretrained", pretrained, "--workers", "0"]  # fmt: skip
+
+
+def test_encode_prints_one_json_summary(tmp_path, image_dir, configs, capsys):
+    images, _ = image_dir
+    assert main(encode_args(images, tmp_path / "s", configs["vit"])) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    summary = json.loads(out[0])
+    assert {k: summary[k] for k in ("scanned", "encoded", "failed")} == {
+        "scanned": 14,
+        "encoded": 14,
+        "failed": 0,
+    }
+    assert summary["seconds"] > 0 and summary["images_per_s"] > 0
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("meter-batch: error: ")
+    return err[0]
+
+
+def test_missing_images_dir_exits_3(tmp_path, configs, capsys):
+    assert main(encode_args(tmp_path / "nope", tmp_path / "s", configs["vit"])) == 3
+    assert "images directory not found" in _one_error_line(capsys)
+    assert not (tmp_path / "s").exists()
+
+
+def test_unknown_model_exits_4(tmp_path, image_dir, capsys):
+    images, _ = image_dir
+    code = main(["encode", str(images), "--store", str(tmp_path / "s"), "--model", "RN5O",
+                 "--pretrained", "none"])  # fmt: skip
+    assert code == 4
+    assert "unknown model 'RN5O'" in _one_error_line(capsys)
+
+
+def test_model_mismatch_exits_6_and_leaves_store_alone(tmp_path, image_dir, configs, capsys):
+    images, _ = image_dir
+    store = tmp_path / "s"
+    assert main(encode_args(images, store, configs["vit"])) == 0
+    before = sorted(p.name for p in store.rglob("*"))
+    capsys.readouterr()
+    assert main(encode_args(images, store, configs["resnet"])) == 6
+    line = _one_error_line(capsys)
+    assert "written by another model" in line and "architecture" in line
+    assert sorted(p.name for p in store.rglob("*")) == before
+
+
+def test_other_seed_is_another_model(tmp_path, image_dir, configs, capsys):
+    images, _ = image_dir
+    store = tmp_path / "s"
+    assert main(encode_args(images, store, configs["vit"])) == 0
+    from meter_batch.config import EncodeConfig, ModelSpec
+    from meter_batch.errors import ModelMismatchError
+    from meter_batch.pipeline import encode
+
+    spec = ModelSpec(str(configs["vit"]), "none", seed=1)
+    with pytest.raises(ModelMismatchError, match="seed"):
+        encode(EncodeConfig(images_dir=images, store=store, model=spec, workers=0), False)
+
+
+def test_locked_store_exits_7(tmp_path, image_dir, configs, capsys):
+    images, _ = image_dir
+    with locked(tmp_path / "s"):
+        assert main(encode_args(images, tmp_path / "s", configs["vit"])) == 7
+    assert "locked by another" in _one_error_line(capsys)
+
+
+def test_unwritable_store_exits_5(tmp_path, image_dir, configs, capsys):
+    images, _ = image_dir
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(encode_args(images, blocker / "store", configs["vit"])) == 5
+    assert "cannot create store" in _one_error_line(capsys)
+
+
+def test_bad_setting_exits_2(tmp_path, image_dir, configs, capsys):
+    images, _ = image_dir
+    args = [*encode_args(images, tmp_path / "s", configs["vit"]), "--batch-size", "0"]
+    assert main(args) == 2
+    assert "batch_size must be an integer >= 1" in _one_error_line(capsys)
+
+
+def test_every_exit_code_is_in_the_help_and_readme():
+    help_text = build_parser().format_help()
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code:>3}  {meaning}" in help_text
+        assert f"| {code} |" in readme, code
+
+
+def test_every_command_is_documented_in_readme():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in commands:
+        assert f"meter-batch {name}" in readme, name
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run(
+        [sys.executable, "-m", "meter_batch", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("meter-batch ")

@@ -1,0 +1,165 @@
+"""Model loading: every checkpoint format, local tags only, unsafe pickles refused."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from meter_batch.config import ModelSpec
+from meter_batch.errors import ModelError
+from meter_batch.model import load_model
+
+
+class Innocent:
+    """Any class at all: unpickling it could have run code."""
+
+
+def _embed(spec: ModelSpec) -> torch.Tensor:
+    loaded = load_model(spec)
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        return loaded.model.encode_image(images)
+
+
+@pytest.fixture
+def state_dict(vit_checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(vit_checkpoint, weights_only=True)
+
+
+def _save_all_formats(folder: Path, state: dict[str, torch.Tensor]) -> dict[str, Path]:
+    module_prefixed = collections.OrderedDict((f"module.{k}", v) for k, v in state.items())
+    training = {"epoch": 4, "name": "meter-ft", "state_dict": module_prefixed}
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    training["optimizer"] = optimizer.state_dict()
+    paths = {
+        "training.pt": training,
+        "plain.pt": state,
+        "plain.bin": state,
+    }
+    for name, payload in paths.items():
+        torch.save(payload, folder / name)
+    save_file(dict(state), str(folder / "plain.safetensors"))
+    return {name: folder / name for name in [*paths, "plain.safetensors"]}
+
+
+def test_every_checkpoint_format_gives_identical_embeddings(tmp_path, configs, state_dict):
+    files = _save_all_formats(tmp_path, state_dict)
+    results = {name: _embed(ModelSpec(str(configs["vit"]), str(p))) for name, p in files.items()}
+    first = results["plain.pt"]
+    for name, embedding in results.items():
+        assert torch.equal(embedding, first), name
+    random_init = _embed(ModelSpec(str(configs["vit"]), "none"))
+    assert not torch.allclose(random_init, first)  # the weights really were loaded
+
+
+def test_training_checkpoint_loads_like_open_clip_does(tmp_path, configs, state_dict):
+    files = _save_all_formats(tmp_path, state_dict)
+    ours = _embed(ModelSpec(str(configs["vit"]), str(files["training.pt"])))
+    open_clip.add_model_config(configs["vit"])
+    reference = open_clip.create_model("mb-tiny-vit", pretrained=str(files["training.pt"])).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert torch.equal(ours, reference.encode_image(torch.rand(3, 3, 64, 64)))
+
+
+def test_identity_records_checkpoint_and_preprocess(configs, vit_checkpoint):
+    identity = load_model(ModelSpec(str(configs["vit"]), str(vit_checkpoint))).identity
+    import hashlib
+
+    assert identity.checkpoint_sha256 == hashlib.sha256(vit_checkpoint.read_bytes()).hexdigest()
+    assert identity.architecture == "mb-tiny-vit"
+    assert identity.embed_dim == 32
+    assert identity.seed is None
+    assert identity.preprocess["size"] == [64, 64]
+    assert identity.preprocess["interpolation"] == "bicubic"
+    assert identity.preprocess["resize_mode"] == "shortest"
+    random = load_model(ModelSpec(str(configs["vit"]), "none", seed=5)).identity
+    assert (random.pretrained, random.checkpoint_sha256, random.seed) == ("none", None, 5)
+
+
+def test_random_init_is_seeded(configs):
+    a = _embed(ModelSpec(str(configs["vit"]), "none", seed=1))
+    b = _embed(ModelSpec(str(configs["vit"]), "none", seed=1))
+    c = _embed(ModelSpec(str(configs["vit"]), "none", seed=2))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_pickle_with_an_arbitrary_object_is_refused(tmp_path, configs, state_dict):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": state_dict, "extra": Innocent()}, path)
+    with pytest.raises(ModelError, match="refusing to load"):
+        load_model(ModelSpec(str(configs["vit"]), str(path)))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_archive_is_refused(tmp_path, configs):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+    with pytest.raises(ModelError, match="TorchScript"):
+        load_model(ModelSpec(str(configs["vit"]), str(path)))
+
+
+def test_wrong_architecture_checkpoint_is_a_model_error(tmp_path, configs, state_dict):
+    path = tmp_path / "vit.safetensors"
+    save_file(dict(state_dict), str(path))
+    with pytest.raises(ModelError, match="does not fit"):
+        load_model(ModelSpec(str(configs["resnet"]), str(path)))
+
+
+@pytest.mark.parametrize(
+    ("name", "pretrained", "message"),
+    [
+        ("NoSuchNet-9", "none", "unknown model 'NoSuchNet-9'"),
+        ("RN50", "/nowhere/model.pt", "checkpoint file not found"),
+        ("RN50", "laion9000", "neither a checkpoint file nor a pretrained tag"),
+    ],
+)
+def test_bad_model_settings_are_model_errors(name, pretrained, message):
+    with pytest.raises(ModelError, match=message):
+        load_model(ModelSpec(name, pretrained))
+
+
+def test_missing_config_file_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="model config file not found"):
+        load_model(ModelSpec(str(tmp_path / "mine.json"), "none"))
+    (tmp_path / "bad.json").write_text('{"embed_dim": 3}')
+    with pytest.raises(ModelError, match="not an open_clip model config"):
+        load_model(ModelSpec(str(tmp_path / "bad.json"), "none"))
+
+
+def test_uncached_tag_says_where_it_looked_and_downloads_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def no_network(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", no_network)
+    with pytest.raises(ModelError) as caught:
+        load_model(ModelSpec("RN50", "openai"))
+    text = str(caught.value)
+    assert "not in the local cache" in text
+    assert str(tmp_path / "hf") in text and "resnet50_clip.openai" in text
+    assert str(tmp_path / "home" / ".cache" / "clip" / "RN50.pt") in text
+
+
+def test_cached_tag_is_found_in_open_clip_cache(tmp_path, monkeypatch, configs, vit_checkpoint):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / ".cache" / "clip"
+    cache.mkdir(parents=True)
+    (cache / "tiny-meter.pt").write_bytes(vit_checkpoint.read_bytes())
+    fake_cfg = {"url": "https://example.invalid/w/tiny-meter.pt", "quick_gelu": False}
+    monkeypatch.setattr(
+        open_clip, "get_pretrained_cfg", lambda arch, tag: fake_cfg if tag == "meter" else {}
+    )
+    from_tag = _embed(ModelSpec(str(configs["vit"]), "meter"))
+    from_file = _embed(ModelSpec(str(configs["vit"]), str(vit_checkpoint)))
+    assert torch.equal(from_tag, from_file)
