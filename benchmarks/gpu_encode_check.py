@@ -60,11 +60,19 @@ def stored_embeddings(store: Path) -> dict[str, np.ndarray]:
     return rows
 
 
-def run_encode(images: Path, store: Path, model: str, device: str, precision: str,
-               batch: int, workers: int) -> dict:
+def run_encode(
+    images: Path, store: Path, model: str, device: str, precision: str, batch: int, workers: int
+) -> dict:
     shutil.rmtree(store, ignore_errors=True)
-    config = EncodeConfig(images_dir=images, store=store, model=ModelSpec(model, "none"),
-                          batch_size=batch, workers=workers, device=device, precision=precision)
+    config = EncodeConfig(
+        images_dir=images,
+        store=store,
+        model=ModelSpec(model, "none"),
+        batch_size=batch,
+        workers=workers,
+        device=device,
+        precision=precision,
+    )
     summary = encode(config, interactive=False)
     return summary.to_json()
 
@@ -75,11 +83,18 @@ def fidelity(images: Path, work: Path, model: str) -> None:
     for precision in ("fp32", "bf16", "fp16"):
         run_encode(images, work / precision, model, "cuda", precision, 32, 8)
         got = stored_embeddings(work / precision)
-        cos = np.array([float(ref[p] @ got[p] / np.linalg.norm(ref[p]) / np.linalg.norm(got[p]))
-                        for p in ref])
-        report(check="fidelity_vs_cpu_fp32", model=model, precision=precision,
-               images=len(ref), cpu_encoded=cpu["encoded"],
-               mean_cos=round(float(cos.mean()), 6), min_cos=round(float(cos.min()), 6))
+        cos = np.array(
+            [float(ref[p] @ got[p] / np.linalg.norm(ref[p]) / np.linalg.norm(got[p])) for p in ref]
+        )
+        report(
+            check="fidelity_vs_cpu_fp32",
+            model=model,
+            precision=precision,
+            images=len(ref),
+            cpu_encoded=cpu["encoded"],
+            mean_cos=round(float(cos.mean()), 6),
+            min_cos=round(float(cos.min()), 6),
+        )
 
 
 def model_capacity(model_name: str, batch: int) -> float:
@@ -107,8 +122,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-work"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report(check="machine", gpu=torch.cuda.get_device_name(0), cores=os.cpu_count(),
-           torch=torch.__version__, python=platform.python_version())
+    report(
+        check="machine",
+        gpu=torch.cuda.get_device_name(0),
+        cores=os.cpu_count(),
+        torch=torch.__version__,
+        python=platform.python_version(),
+    )
     small = args.work / "small"
     rate = generate(small, 256)
     report(check="generate", images=256, per_s=round(rate, 1))
@@ -119,8 +139,12 @@ def main() -> None:
     report(check="generate", images=args.images, per_s=round(rate, 1))
     workers = min(os.cpu_count() or 1, 16)
     for model in ("RN50", "ViT-B-32"):
-        report(check="model_capacity_bf16", model=model, batch=512,
-               images_per_s=round(model_capacity(model, 512), 1))
+        report(
+            check="model_capacity_bf16",
+            model=model,
+            batch=512,
+            images_per_s=round(model_capacity(model, 512), 1),
+        )
         for batch in (256, 512):
             summary = run_encode(big, args.work / "store", model, "cuda", "bf16", batch, workers)
             report(check="encode_e2e", model=model, batch=batch, workers=workers, **summary)
