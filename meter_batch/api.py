@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
 
 from meter_batch.config import EncodeConfig, ModelSpec, default_workers
-from meter_batch.pipeline import RunSummary
+from meter_batch.pipeline import ClassifySummary, RunSummary
+from meter_batch.pipeline import classify as _classify
 from meter_batch.pipeline import encode as _encode
+from meter_batch.search import Hit
+from meter_batch.search import search as _search
+from meter_batch.views import run_query
 
 
 def encode(
@@ -32,3 +39,22 @@ def encode(
         precision=precision,
     )
     return _encode(config, interactive=progress)
+
+
+def classify(
+    store: str | Path, labels: str | Path, progress: bool | None = None
+) -> ClassifySummary:
+    """Score the store against a label-set file; see `meter-batch classify --help`."""
+    return _classify(Path(store), Path(labels), interactive=progress)
+
+
+def search(
+    store: str | Path, text: str | None = None, image: str | Path | None = None, k: int = 20
+) -> list[Hit]:
+    """Nearest stored images to ``text`` or ``image``; see `meter-batch search --help`."""
+    return _search(Path(store), text, Path(image) if image is not None else None, k)
+
+
+def query(store: str | Path, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+    """Run SQL against the store's catalog (read-only), ``params`` bound as $name."""
+    return run_query(Path(store), sql, params)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from meter_batch import __version__
 from meter_batch.config import DEVICES, PRECISIONS, EncodeConfig, ModelSpec, default_workers
-from meter_batch.errors import EXIT_CODES, MeterBatchError
+from meter_batch.errors import EXIT_CODES, ConfigError, MeterBatchError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -43,19 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_encode(commands)
+    _add_classify(commands)
+    _add_search(commands)
+    _add_query(commands)
     _add_demo(commands)
+    _add_bench(commands)
     return parser
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--model",
-        default="RN50",
-        help="open_clip architecture name, or a JSON model config file (default: RN50)",
+        default="RN50" if required else None,
+        help="open_clip architecture name, or a JSON model config file"
+        + (" (default: RN50)" if required else " (default: the store's own model)"),
     )
     parser.add_argument(
         "--pretrained",
-        required=True,
+        required=required,
         help="checkpoint file (.pt/.bin/.safetensors), an open_clip tag found in the local "
         "cache (e.g. openai), or 'none' for seeded random weights",
     )
@@ -105,6 +112,156 @@ def _run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_override(args: argparse.Namespace) -> ModelSpec | None:
+    if args.model is None and args.pretrained is None:
+        return None
+    if args.model is None or args.pretrained is None:
+        raise ConfigError("give both --model and --pretrained, or neither (the store's model)")
+    return ModelSpec(name=args.model, pretrained=args.pretrained)
+
+
+def _add_classify(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "classify",
+        help="score the stored embeddings against a label set (no image is opened)",
+        description="Encode the label set's prompts with the store's model, score every "
+        "stored image not yet scored under this label-set version, and commit the "
+        "predictions. The same file again is a no-op; an edited file is a new version.",
+    )
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--labels", type=Path, required=True, help="label-set TOML file")
+    _add_model_arguments(parser, required=False)
+    parser.set_defaults(handler=_run_classify)
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from meter_batch.pipeline import classify
+
+    summary = classify(args.store, args.labels, _model_override(args))
+    print(json.dumps(summary.to_json(), ensure_ascii=False))
+    return 0
+
+
+def _add_search(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "search",
+        help="nearest stored images to a text or an image",
+        description="Top-k stored images by cosine similarity, from the FAISS index.",
+    )
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("text", nargs="?", help="query text (or use --image)")
+    parser.add_argument("--image", type=Path, help="query image file")
+    parser.add_argument("-k", type=int, default=20, help="results (default: 20)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    _add_model_arguments(parser, required=False)
+    parser.set_defaults(handler=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from meter_batch.search import search
+
+    hits = search(args.store, args.text, args.image, args.k, _model_override(args))
+    if args.format == "json":
+        for hit in hits:
+            print(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
+        return 0
+    print(f"{'rank':>4}  {'score':>8}  {'image_id':>9}  path")
+    for hit in hits:
+        print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.image_id:>9}  {hit.path}")
+    return 0
+
+
+def _add_query(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "query",
+        help="run SQL against the store's DuckDB views",
+        description="Run SQL (or a named query from sql/queries/) against STORE/catalog.duckdb, "
+        "read-only. Views: images, failures, predictions, latest_predictions; tables: "
+        "label_sets, runs. Parameters are bound ($name in the SQL), never spliced in.",
+    )
+    parser.add_argument("store", type=Path, metavar="STORE")
+    parser.add_argument("sql", nargs="?", metavar="SQL")
+    parser.add_argument("--named", metavar="NAME", help="a query from sql/queries/ (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the named queries")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="bind $NAME"
+    )
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--out", type=Path, help="write the result to this Parquet file")
+    parser.set_defaults(handler=_run_query)
+
+
+def _run_query(args: argparse.Namespace) -> int:
+    from meter_batch.views import named_queries, run_query
+
+    queries = named_queries()
+    if args.list:
+        for name, text in queries.items():
+            print(f"{name}: {text.splitlines()[0].lstrip('- ')}")
+        return 0
+    if (args.sql is None) == (args.named is None):
+        raise ConfigError("give either SQL or --named NAME")
+    if args.named is not None and args.named not in queries:
+        raise ConfigError(f"no named query {args.named!r}; choices: {', '.join(queries)}")
+    sql = queries[args.named] if args.named else args.sql
+    table = run_query(args.store, sql, _parse_params(args.param))
+    _print_table(table, args.format, args.out)
+    return 0
+
+
+def _parse_params(pairs: list[str]) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--param needs NAME=VALUE; got {pair!r}")
+        params[name] = _typed(value)
+    return params
+
+
+def _typed(value: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _print_table(table: Any, fmt: str, out: Path | None) -> None:
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    if out is not None:
+        pyarrow.parquet.write_table(table, out)
+        print(json.dumps({"rows": table.num_rows, "out": str(out)}))
+    elif fmt == "csv":
+        pyarrow.csv.write_csv(table, sys.stdout.buffer)
+    elif fmt == "json":
+        for row in table.to_pylist():
+            print(json.dumps(row, ensure_ascii=False, default=str))
+    else:
+        print(_format_table(table))
+
+
+def _format_table(table: Any, max_rows: int = 200) -> str:
+    names = table.column_names
+    rows = [[_cell(v) for v in row.values()] for row in table.slice(0, max_rows).to_pylist()]
+    widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if table.num_rows > max_rows:
+        lines.append(f"... {table.num_rows - max_rows} more rows (use --format csv or --out)")
+    lines.append(f"({table.num_rows} rows)")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    text = f"{value:.4f}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "demo",
@@ -140,6 +297,35 @@ def _run_demo(args: argparse.Namespace) -> int:
         f'\\"SELECT count(*) AS images, min(width), max(width) FROM '
         f"'{store}/embeddings/*.parquet'\\\"))\""
     )
+    return 0
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="benchmarks that print their figures",
+        description="bench classify: synthetic store of random unit vectors; read rate, "
+        "classify rate, their ratio and peak RSS at each N.",
+    )
+    parser.add_argument("what", choices=("classify",))
+    parser.add_argument(
+        "--n", type=int, action="append", help="store sizes (default: 100000 and 1000000)"
+    )
+    parser.add_argument("--dim", type=int, default=1024, help="embedding dimension (default: 1024)")
+    parser.add_argument("--labels", type=int, default=10, help="labels (default: 10)")
+    parser.add_argument("--dir", type=Path, default=Path("bench-output"), help="scratch folder")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from meter_batch.bench import bench_classify, format_classify_table
+
+    sizes = args.n or [100_000, 1_000_000]
+    results = bench_classify(sizes, args.dim, args.labels, args.dir)
+    print(format_classify_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute
 import torch
 
 from meter_batch import __version__
@@ -27,13 +29,33 @@ from meter_batch.decode import (
     worker_init,
 )
 from meter_batch.encode import DevicePlan, ImageEncoder, plan_device
-from meter_batch.errors import InputError
+from meter_batch.errors import InputError, ModelMismatchError
 from meter_batch.index import add_embeddings, load_index, new_index, save_index
+from meter_batch.labels import LabelSet, label_matrix, load_label_set, resolve_scale
 from meter_batch.model import LoadedModel, load_model
 from meter_batch.progress import Progress
 from meter_batch.scan import WorkList, collect_work
-from meter_batch.store import Store, commit, locked, next_manifest, open_for_write
-from meter_batch.write import FailureRecord, ImageRows, RunWriter
+from meter_batch.score import Scorer, ScoreSettings, score_files
+from meter_batch.store import (
+    Store,
+    commit,
+    locked,
+    next_manifest,
+    open_existing,
+    open_for_write,
+    open_store,
+    staged_path,
+)
+from meter_batch.vectors import BATCH_ROWS
+from meter_batch.views import refresh_catalog
+from meter_batch.write import (
+    FailureRecord,
+    ImageRows,
+    PredictionWriter,
+    RunWriter,
+    read_label_matrix,
+    write_label_matrix,
+)
 
 log = logging.getLogger("meter_batch")
 
@@ -72,6 +94,7 @@ def encode(config: EncodeConfig, interactive: bool | None = None) -> RunSummary:
         seconds = time.monotonic() - started
         record = _run_record(config, plan, run_id, work, writer, seconds)
         _commit_run(store, writer, staged, index, record)
+        refresh_catalog(store)
     return RunSummary(
         run_id=run_id,
         store=str(config.store),
@@ -214,7 +237,7 @@ def _commit_run(
     index_relpath = f"index/{seq:012d}.faiss"
     staged_index = store.path("staging") / f"{seq:012d}.faiss"
     save_index(index, staged_index)
-    new_parts = [p for p in staged if p.startswith("embeddings/")]
+    new_parts = [p for p in staged if p.startswith("embeddings/") and p.endswith(".parquet")]
     new_failures = [p for p in staged if p.startswith("failures/")]
     manifest = next_manifest(
         store,
@@ -225,3 +248,129 @@ def _commit_run(
         runs=(*store.manifest.runs, record),
     )
     commit(store, manifest, staged, staged_index)
+
+
+@dataclass(frozen=True)
+class ClassifySummary:
+    store: str
+    label_set: str
+    version: str
+    logit_scale: float
+    scored: int
+    abstained: int
+    seconds: float
+    embeddings_per_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def classify(
+    store_root: Path,
+    labels_file: Path,
+    model: ModelSpec | None = None,
+    interactive: bool | None = None,
+) -> ClassifySummary:
+    """Score every stored image not yet scored under this label-set version; commit."""
+    started = time.monotonic()
+    label_set = load_label_set(labels_file)
+    open_store(store_root)  # fails clearly (and creates nothing) when it is not a store
+    with locked(store_root) as lock:
+        store = open_existing(store_root, lock)
+        version = label_set.version(store.identity)
+        entry = store.label_set_entry(version) or _new_label_set_entry(
+            store, label_set, version, model
+        )
+        run_id = new_run_id()
+        scorer = Scorer(read_label_matrix(_matrix_path(store, entry)), _settings(entry), BATCH_ROWS)
+        writer = PredictionWriter(store, version, run_id)
+        abstained = 0
+        todo = store.manifest.next_image_id - entry["scored_below_id"]
+        with Progress(todo, "classify", interactive) as progress:
+            for batch in score_files(store.live_paths("vectors"), scorer, entry["scored_below_id"]):
+                writer.add(batch)
+                abstained += pc_sum(batch.column("abstained"))
+                progress.update(batch.num_rows)
+        _commit_label_set(store, entry, writer.finish())
+        refresh_catalog(store)
+    seconds = time.monotonic() - started
+    return ClassifySummary(
+        store=str(store_root),
+        label_set=label_set.name,
+        version=version,
+        logit_scale=entry["logit_scale"],
+        scored=writer.rows,
+        abstained=abstained,
+        seconds=round(seconds, 3),
+        embeddings_per_s=round(writer.rows / seconds, 1) if seconds > 0 else 0.0,
+    )
+
+
+def load_store_model(store: Store, override: ModelSpec | None = None) -> LoadedModel:
+    """The store's own model (or ``override``, e.g. after moving the checkpoint), verified."""
+    source = store.model_source
+    spec = override or ModelSpec(source["name"], source["pretrained"], source.get("seed", 0))
+    loaded = load_model(spec)
+    problems = loaded.identity.differences(store.identity)
+    if problems:
+        raise ModelMismatchError(
+            f"the model at {spec.name} / {spec.pretrained} is not the one that wrote {store.root} "
+            f"({'; '.join(problems)}); pass the store's model with --model/--pretrained"
+        )
+    return loaded
+
+
+def _new_label_set_entry(
+    store: Store, label_set: LabelSet, version: str, model: ModelSpec | None
+) -> dict[str, Any]:
+    """Encode the prompts with the store's model once; the matrix is staged for the commit."""
+    loaded = load_store_model(store, model)
+    matrix = label_matrix(loaded, label_set)
+    prompts = [list(label.prompts) for label in label_set.labels]
+    relpath = write_label_matrix(store, version, label_set.label_ids, prompts, matrix)
+    return {
+        "name": label_set.name,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "labels": label_set.label_ids,
+        "templates": list(label_set.templates),
+        "logit_scale": resolve_scale(loaded, label_set),
+        "logit_scale_setting": label_set.logit_scale,
+        "top_k": label_set.top_k,
+        "min_prob": label_set.abstain.min_prob,
+        "min_margin": label_set.abstain.min_margin,
+        "matrix": relpath,
+        "parts": [],
+        "scored_below_id": 0,
+        "new": True,
+    }
+
+
+def _matrix_path(store: Store, entry: dict[str, Any]) -> Path:
+    return staged_path(store, entry["matrix"]) if entry.get("new") else store.path(entry["matrix"])
+
+
+def _settings(entry: dict[str, Any]) -> ScoreSettings:
+    return ScoreSettings(
+        label_set=entry["name"],
+        version=entry["version"],
+        label_ids=tuple(entry["labels"]),
+        scale=float(entry["logit_scale"]),
+        top_k=int(entry["top_k"]),
+        min_prob=float(entry["min_prob"]),
+        min_margin=float(entry["min_margin"]),
+    )
+
+
+def _commit_label_set(store: Store, entry: dict[str, Any], parts: list[str]) -> None:
+    staged = [*parts, entry["matrix"]] if entry.get("new") else parts
+    updated = {k: v for k, v in entry.items() if k != "new"}
+    updated["parts"] = [*entry["parts"], *parts]
+    updated["scored_below_id"] = store.manifest.next_image_id
+    others = [e for e in store.manifest.label_sets if e["version"] != entry["version"]]
+    manifest = next_manifest(store, label_sets=(*others, updated))
+    commit(store, manifest, staged, None)
+
+
+def pc_sum(column: Any) -> int:
+    return int(pa.compute.sum(column).as_py() or 0)

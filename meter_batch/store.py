@@ -33,10 +33,11 @@ import pyarrow.parquet as pq
 from meter_batch.errors import ModelMismatchError, StoreError, StoreLockedError
 from meter_batch.model import ModelIdentity
 from meter_batch.schema import FORMAT_VERSION
+from meter_batch.vectors import vectors_path
 
 STORE_FILE = "store.json"
 LOCK_FILE = ".lock"
-SUBDIRS = ("manifests", "embeddings", "failures", "index", "staging")
+SUBDIRS = ("manifests", "embeddings", "failures", "index", "labelsets", "predictions", "staging")
 KEEP_MANIFESTS = 2  # the previous one stays readable for readers that opened it
 
 
@@ -50,6 +51,7 @@ class Manifest:
     failure_parts: tuple[str, ...] = ()
     index: str | None = None
     runs: tuple[dict[str, Any], ...] = ()
+    label_sets: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
@@ -57,7 +59,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         data = {k: v for k, v in data.items() if k != "format_version"}
-        for key in ("embedding_parts", "failure_parts", "runs"):
+        for key in ("embedding_parts", "failure_parts", "runs", "label_sets"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
 
@@ -76,11 +78,17 @@ class Store:
         return self.root / relative
 
     def live_paths(self, kind: str) -> list[Path]:
-        parts = {
-            "embeddings": self.manifest.embedding_parts,
-            "failures": self.manifest.failure_parts,
-        }
+        """Committed files of one kind: embeddings, vectors, failures, predictions."""
+        manifest = self.manifest
+        if kind == "vectors":
+            return [vectors_path(self.root / p) for p in manifest.embedding_parts]
+        if kind == "predictions":
+            return [self.root / p for entry in manifest.label_sets for p in entry["parts"]]
+        parts = {"embeddings": manifest.embedding_parts, "failures": manifest.failure_parts}
         return [self.root / p for p in parts[kind]]
+
+    def label_set_entry(self, version: str) -> dict[str, Any] | None:
+        return next((e for e in self.manifest.label_sets if e["version"] == version), None)
 
 
 def open_store(root: Path) -> Store:
@@ -107,6 +115,14 @@ def locked(root: Path) -> Iterator[BinaryIO]:
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def open_existing(root: Path, lock: BinaryIO) -> Store:
+    """Open a store that must already exist, for a writer holding ``lock``."""
+    store = open_store(root)
+    store.lock = lock
+    _remove_debris(store)
+    return store
 
 
 def open_for_write(
@@ -172,12 +188,16 @@ def _latest(root: Path) -> Manifest:
 def _remove_debris(store: Store) -> None:
     """Delete what a crashed run left: staged files and parts no manifest lists."""
     live = set(store.manifest.embedding_parts) | set(store.manifest.failure_parts)
+    live |= {str(vectors_path(Path(p))) for p in store.manifest.embedding_parts}
     live |= {m.index for m in [store.manifest] if m.index}
+    for entry in store.manifest.label_sets:
+        live |= {*entry["parts"], entry["matrix"]}
     shutil.rmtree(store.root / "staging", ignore_errors=True)
     (store.root / "staging").mkdir(exist_ok=True)
-    for sub in ("embeddings", "failures", "index"):
-        for path in (store.root / sub).iterdir():
-            if f"{sub}/{path.name}" not in live and not _kept_index(store, sub, path):
+    for sub in ("embeddings", "failures", "index", "labelsets", "predictions"):
+        for path in sorted((store.root / sub).rglob("*")):
+            relpath = path.relative_to(store.root).as_posix()
+            if path.is_file() and relpath not in live and not _kept_index(store, sub, path):
                 path.unlink(missing_ok=True)
 
 
@@ -213,12 +233,16 @@ def staged_path(store: Store, final_relpath: str) -> Path:
 def commit(store: Store, manifest: Manifest, staged: list[str], index_file: Path | None) -> None:
     """Move staged parts (and the new index) into place, then write the manifest: the commit."""
     try:
+        folders = set()
         for relpath in staged:
+            (store.root / relpath).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged_path(store, relpath), store.root / relpath)
+            folders.add((store.root / relpath).parent)
         if index_file is not None and manifest.index:
             os.replace(index_file, store.root / manifest.index)
-        for sub in ("embeddings", "failures", "index"):
-            fsync_dir(store.root / sub)
+            folders.add((store.root / manifest.index).parent)
+        for folder in sorted(folders):
+            fsync_dir(folder)
         name = store.root / "manifests" / f"{manifest.seq:012d}.json"
         write_atomic(name, lambda f: f.write(_json_bytes(manifest.to_json())))
     except OSError as exc:

@@ -1,0 +1,142 @@
+"""Stored embeddings × label matrix -> top-k predictions, streamed chunk by chunk.
+
+Reads only the vectors files (never an image, never the model). Per chunk: float16 ->
+float32 into a reused buffer, one matmul against the (D, K) label matrix, softmax,
+top-k. Buffers are allocated once: fresh multi-megabyte allocations per chunk cost
+more than the arithmetic. Memory stays flat in N: nothing N-sized is ever held.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from meter_batch.labels import UNKNOWN
+from meter_batch.vectors import iter_vectors, prefetch
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    label_set: str
+    version: str
+    label_ids: tuple[str, ...]
+    scale: float
+    top_k: int
+    min_prob: float = 0.0
+    min_margin: float = 0.0
+
+
+_TEXT = pa.dictionary(pa.int32(), pa.string())
+PREDICTION_FIELDS = [
+    pa.field("image_id", pa.int64(), nullable=False),
+    pa.field("label_set", _TEXT, nullable=False),
+    pa.field("label_set_version", _TEXT, nullable=False),
+    pa.field("label", _TEXT, nullable=False),
+    pa.field("prob", pa.float32(), nullable=False),
+    pa.field("margin", pa.float32(), nullable=False),
+    pa.field("abstained", pa.bool_(), nullable=False),
+]
+
+
+def predictions_schema(top_k: int) -> pa.Schema:
+    labels = pa.list_(pa.field("item", _TEXT), top_k)
+    return pa.schema(
+        [
+            *PREDICTION_FIELDS,
+            pa.field("top_labels", labels, nullable=False),
+            pa.field("top_probs", pa.list_(pa.float32(), top_k), nullable=False),
+            pa.field("logit_scale", pa.float32(), nullable=False),
+        ]
+    )
+
+
+class Scorer:
+    """Scores (ids, float16 matrix) chunks against one label matrix."""
+
+    def __init__(self, labels: np.ndarray, settings: ScoreSettings, max_rows: int) -> None:
+        self.settings = settings
+        self.labels_t = torch.from_numpy(np.ascontiguousarray(labels.T, dtype=np.float32))
+        dim, count = self.labels_t.shape
+        self.buffer = torch.empty(max_rows, dim)
+        self.logits = torch.empty(max_rows, count)
+        self.dictionary = pa.array([*settings.label_ids, UNKNOWN], pa.string())
+        self.schema = predictions_schema(settings.top_k)
+
+    def score(self, ids: np.ndarray, vectors: np.ndarray) -> pa.RecordBatch:
+        rows = len(ids)
+        chunk = self.buffer[:rows]
+        with warnings.catch_warnings():
+            # the vectors are a read-only view of Arrow memory; torch only reads them here
+            warnings.simplefilter("ignore", UserWarning)
+            chunk.copy_(torch.from_numpy(vectors))
+        logits = self.logits[:rows]
+        torch.mm(chunk, self.labels_t, out=logits)
+        probs = torch.softmax(logits.mul_(self.settings.scale), dim=1)
+        top_probs, top_index = probs.topk(min(self.settings.top_k + 1, probs.shape[1]), dim=1)
+        return self._batch(ids, top_probs.numpy(), top_index.numpy().astype(np.int32))
+
+    def _batch(
+        self, ids: np.ndarray, top_probs: np.ndarray, top_index: np.ndarray
+    ) -> pa.RecordBatch:
+        k = self.settings.top_k
+        best = top_probs[:, 0]
+        second = top_probs[:, 1] if top_probs.shape[1] > 1 else np.zeros_like(best)
+        margin = best - second
+        abstained = (best < self.settings.min_prob) | (margin < self.settings.min_margin)
+        label_index = np.where(abstained, len(self.settings.label_ids), top_index[:, 0])
+        constant = pa.array(np.zeros(len(ids), dtype=np.int32))
+        columns = [
+            pa.array(ids, pa.int64()),
+            pa.DictionaryArray.from_arrays(constant, pa.array([self.settings.label_set])),
+            pa.DictionaryArray.from_arrays(constant, pa.array([self.settings.version])),
+            pa.DictionaryArray.from_arrays(pa.array(label_index, pa.int32()), self.dictionary),
+            pa.array(best, pa.float32()),
+            pa.array(margin, pa.float32()),
+            pa.array(abstained, pa.bool_()),
+            _fixed_list(
+                pa.DictionaryArray.from_arrays(
+                    pa.array(top_index[:, :k].reshape(-1), pa.int32()), self.dictionary
+                ),
+                k,
+            ),
+            _fixed_list(pa.array(np.ascontiguousarray(top_probs[:, :k]).reshape(-1)), k),
+            pa.array(np.full(len(ids), self.settings.scale, dtype=np.float32)),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+
+def _fixed_list(values: pa.Array, size: int) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(values, size)
+
+
+def score_files(
+    files: Iterable[Path], scorer: Scorer, min_image_id: int = 0
+) -> Iterator[pa.RecordBatch]:
+    """Predictions for every stored image with ``image_id >= min_image_id``.
+
+    The arithmetic runs on one torch thread: on 2 cores, the other core is worth more to
+    the prefetching reader and the Parquet writer (measured: 575-685k/s against 460-540k/s).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for ids, vectors in prefetch(_batches(files)):
+            if ids[-1] < min_image_id:
+                continue  # ids grow with every run: whole old batches need no scoring
+            keep = ids >= min_image_id
+            if not keep.all():
+                ids, vectors = ids[keep], vectors[keep]
+            yield scorer.score(ids, vectors)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _batches(files: Iterable[Path]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for path in files:
+        yield from iter_vectors(path)

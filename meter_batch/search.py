@@ -1,0 +1,85 @@
+"""Nearest stored images to a text or an image, from the FAISS index (text -> image,
+image -> image). Read-only: needs no lock and never writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from meter_batch.config import ModelSpec
+from meter_batch.decode import configure_decoder_process, decode_file, split_preprocess
+from meter_batch.encode import ImageEncoder, plan_device
+from meter_batch.errors import ConfigError, InputError, StoreError
+from meter_batch.index import load_index
+from meter_batch.index import search as index_search
+from meter_batch.labels import encode_texts
+from meter_batch.pipeline import load_store_model
+from meter_batch.store import Store, open_store
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    image_id: int
+    score: float
+    path: str
+
+
+def search(
+    store_root: Path,
+    text: str | None = None,
+    image: Path | None = None,
+    k: int = 20,
+    model: ModelSpec | None = None,
+) -> list[Hit]:
+    if (text is None) == (image is None):
+        raise ConfigError("search needs exactly one of a text or --image PATH")
+    if k < 1:
+        raise ConfigError(f"k must be >= 1; got {k}")
+    store = open_store(store_root)
+    if not store.manifest.index:
+        raise StoreError(f"{store_root} has no committed index yet: run encode first")
+    query = (
+        _text_query(store, text, model) if text is not None else _image_query(store, image, model)
+    )
+    scores, ids = index_search(load_index(store.path(store.manifest.index)), query[None, :], k)
+    found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+    paths = _paths_of(store, [i for i, _ in found])
+    return [Hit(n, i, round(s, 6), paths.get(i, "?")) for n, (i, s) in enumerate(found, start=1)]
+
+
+def _text_query(store: Store, text: str | None, model: ModelSpec | None) -> np.ndarray:
+    if not text or not text.strip():
+        raise ConfigError("the search text is empty")
+    loaded = load_store_model(store, model)
+    return encode_texts(loaded, [text])[0].numpy()
+
+
+def _image_query(store: Store, image: Path | None, model: ModelSpec | None) -> np.ndarray:
+    assert image is not None
+    if not image.is_file():
+        raise InputError(f"image not found: {image}")
+    loaded = load_store_model(store, model)
+    stage = split_preprocess(loaded.reference_preprocess)
+    configure_decoder_process(in_worker=False)
+    decoded = decode_file(bytes(image.resolve()), 0, stage.transform, 10**9)
+    if decoded.kind is not None or decoded.pixels is None:
+        raise InputError(f"cannot use {image} as a query: {decoded.kind}: {decoded.message}")
+    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, plan_device("cpu", "fp32"))
+    return encoder(torch.from_numpy(decoded.pixels[None].copy()))[0].astype(np.float32)
+
+
+def _paths_of(store: Store, ids: list[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    found: dict[int, str] = {}
+    for part in store.live_paths("embeddings"):
+        table = pq.read_table(part, columns=["image_id", "path"], filters=[("image_id", "in", ids)])
+        found.update(
+            zip(table.column("image_id").to_pylist(), table.column("path").to_pylist(), strict=True)
+        )
+    return found

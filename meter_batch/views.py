@@ -1,0 +1,173 @@
+"""The DuckDB catalog analysts open: views from sql/views/*.sql over committed files.
+
+`STORE/catalog.duckdb` is rebuilt after every commit into a temp file and renamed into
+place, so a reader never sees a half-built catalog. View SQL lives in sql/; Python only
+fills in file lists taken from the manifest and the embedding dimension. Label text
+and other user data reach DuckDB only as data (Arrow tables) or bound parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from meter_batch.errors import ConfigError, StoreError
+from meter_batch.schema import FAILURES_SCHEMA, embeddings_schema
+from meter_batch.score import predictions_schema
+from meter_batch.store import Store, fsync_dir
+
+CATALOG = "catalog.duckdb"
+EMPTY_DIR = "catalog-empty"  # schema-only Parquet files standing in for "no parts yet"
+
+
+def sql_text(relative: str) -> str:
+    return resources.files("meter_batch.sql").joinpath(relative).read_text(encoding="utf-8")
+
+
+def named_queries() -> dict[str, str]:
+    folder = resources.files("meter_batch.sql").joinpath("queries")
+    return {
+        entry.name.removesuffix(".sql"): entry.read_text(encoding="utf-8")
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".sql")
+    }
+
+
+def refresh_catalog(store: Store) -> Path:
+    """Rebuild STORE/catalog.duckdb from the current manifest; atomic for readers."""
+    final = store.root / CATALOG
+    temp = store.root / f".{CATALOG}.tmp-{os.getpid()}"
+    temp.unlink(missing_ok=True)
+    try:
+        with duckdb.connect(str(temp)) as con:
+            _create_tables(con, store)
+            for statement in _view_statements(store):
+                con.execute(statement)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+        fsync_dir(store.root)
+    except (OSError, duckdb.Error) as exc:
+        temp.unlink(missing_ok=True)
+        raise StoreError(f"rebuilding {final} failed: {exc}") from exc
+    return final
+
+
+def _view_statements(store: Store) -> list[str]:
+    values = {
+        "dim": str(store.identity.embed_dim),
+        "embedding_files": _file_list(
+            store, "embeddings", embeddings_schema(store.identity.embed_dim)
+        ),
+        "failure_files": _file_list(store, "failures", FAILURES_SCHEMA),
+        "prediction_files": _file_list(store, "predictions", _empty_predictions_schema()),
+    }
+    folder = resources.files("meter_batch.sql").joinpath("views")
+    statements = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            text = entry.read_text(encoding="utf-8")
+            for key, value in values.items():
+                text = text.replace("{{" + key + "}}", value)
+            statements.append(text)
+    return statements
+
+
+def _empty_predictions_schema() -> pa.Schema:
+    schema = predictions_schema(1)
+    return schema
+
+
+def _file_list(store: Store, kind: str, schema: pa.Schema) -> str:
+    paths = store.live_paths(kind)
+    if not paths:
+        empty = store.root / EMPTY_DIR / f"{kind}.parquet"
+        empty.parent.mkdir(exist_ok=True)
+        pq.write_table(schema.empty_table(), empty)
+        paths = [empty]
+    quoted = ", ".join("'" + str(p.resolve()).replace("'", "''") + "'" for p in paths)
+    return f"[{quoted}]"
+
+
+def _create_tables(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    runs = pa.Table.from_pylist([_run_row(r) for r in store.manifest.runs], schema=RUNS_SCHEMA)
+    label_sets = pa.Table.from_pylist(
+        [_label_set_row(e) for e in store.manifest.label_sets], schema=LABEL_SETS_SCHEMA
+    )
+    con.register("runs_arrow", runs)
+    con.register("label_sets_arrow", label_sets)
+    con.execute("CREATE TABLE runs AS SELECT * FROM runs_arrow")
+    con.execute("CREATE TABLE label_sets AS SELECT * FROM label_sets_arrow")
+    con.unregister("runs_arrow")
+    con.unregister("label_sets_arrow")
+
+
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("finished_at", pa.timestamp("s", tz="UTC")),
+        ("images_dir", pa.string()),
+        ("scanned", pa.int64()),
+        ("encoded", pa.int64()),
+        ("failed", pa.int64()),
+        ("seconds", pa.float64()),
+        ("device", pa.string()),
+        ("precision", pa.string()),
+        ("preprocess_path", pa.string()),
+        ("meter_batch_version", pa.string()),
+    ]
+)
+
+LABEL_SETS_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("version", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("labels", pa.list_(pa.string())),
+        ("templates", pa.list_(pa.string())),
+        ("logit_scale", pa.float64()),
+        ("logit_scale_setting", pa.string()),
+        ("top_k", pa.int64()),
+        ("min_prob", pa.float64()),
+        ("min_margin", pa.float64()),
+        ("scored_below_id", pa.int64()),
+    ]
+)
+
+
+def _timestamp(value: str) -> Any:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value)
+
+
+def _run_row(run: dict[str, Any]) -> dict[str, Any]:
+    row = {name: run.get(name) for name in RUNS_SCHEMA.names}
+    row["finished_at"] = _timestamp(run["finished_at"])
+    return row
+
+
+def _label_set_row(entry: dict[str, Any]) -> dict[str, Any]:
+    row = {name: entry.get(name) for name in LABEL_SETS_SCHEMA.names}
+    row["created_at"] = _timestamp(entry["created_at"])
+    row["logit_scale_setting"] = json.dumps(entry["logit_scale_setting"])
+    return row
+
+
+def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+    """Run ``sql`` against the catalog, read-only; ``params`` are bound, never spliced."""
+    catalog = store_root / CATALOG
+    if not catalog.exists():
+        raise StoreError(f"{store_root} has no {CATALOG}: run encode into it first")
+    with duckdb.connect(str(catalog), read_only=True) as con:
+        try:
+            return con.sql(sql, params=params or None).to_arrow_table()
+        except duckdb.Error as exc:
+            raise ConfigError(f"query failed: {str(exc).splitlines()[0]}") from exc

@@ -1,0 +1,262 @@
+"""classify: reference probabilities, no image opened, abstain, versions, hostile labels."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.errors import ConfigError
+from meter_batch.labels import load_label_set
+from meter_batch.pipeline import classify, encode
+from meter_batch.store import open_store
+from meter_batch.views import run_query
+
+PROMPTS = {
+    "digital": "デジタルメーター(7セグ)",
+    "rotary": "回転式メーター",
+    "analog": "アナログメーター丸型",
+}
+
+
+def labels_toml(
+    folder: Path, name: str = "meter-type", extra: str = "", file: str = "", **prompts: str
+) -> Path:
+    prompts = prompts or PROMPTS
+    body = f'name = "{name}"\ntop_k = {len(prompts)}\n{extra}\n'
+    for label_id, prompt in prompts.items():
+        body += f"[[labels]]\nid = {label_id!r}\nprompts = [{prompt!r}]\n"
+    path = folder / f"{file or name}.toml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def encoded(tmp_path, image_dir, configs, vit_checkpoint):  # type: ignore[no-untyped-def]
+    images, relpaths = image_dir
+    spec = ModelSpec(str(configs["vit"]), str(vit_checkpoint))
+    config = EncodeConfig(images_dir=images, store=tmp_path / "store", model=spec, workers=0)
+    encode(config, interactive=False)
+    return images, relpaths, tmp_path / "store"
+
+
+def predictions(store: Path) -> list[dict]:
+    rows = []
+    for path in open_store(store).live_paths("predictions"):
+        rows += pq.read_table(path).to_pylist()
+    return rows
+
+
+@pytest.mark.parametrize("scale", [100.0, 3.0])
+def test_probabilities_equal_the_reference_loop(encoded, configs, vit_checkpoint, tmp_path, scale):
+    # 100 is the seed's loop; with random weights it saturates, so 3 checks mid-range probs too
+    images, relpaths, store = encoded
+    path = labels_toml(tmp_path, extra=f"logit_scale = {scale}")
+    summary = classify(store, path, interactive=False)
+    assert (summary.scored, summary.logit_scale) == (14, scale)
+
+    open_clip.add_model_config(configs["vit"])
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "mb-tiny-vit", pretrained=str(vit_checkpoint)
+    )
+    tokenizer = open_clip.get_tokenizer("mb-tiny-vit")
+    paths = {r["image_id"]: r["path"] for r in run_query(store, "SELECT * FROM images").to_pylist()}
+    spread: list[float] = []
+    with torch.no_grad():
+        f_txt = model.encode_text(tokenizer(list(PROMPTS.values())))
+        f_txt /= f_txt.norm(dim=-1, keepdim=True)
+        for row in predictions(store):
+            image = preprocess(Image.open(images / paths[row["image_id"]])).unsqueeze(0)
+            f_img = model.encode_image(image)
+            f_img /= f_img.norm(dim=-1, keepdim=True)
+            reference = (scale * f_img @ f_txt.T).softmax(dim=-1)[0].numpy()
+            spread.append(float(reference.max()))
+            ours = dict(zip(row["top_labels"], row["top_probs"], strict=True))
+            got = np.array([ours[label] for label in PROMPTS])
+            assert np.abs(got - reference).max() <= 1e-3, (row, reference)
+            assert row["label"] == list(PROMPTS)[int(reference.argmax())]
+            assert row["prob"] == pytest.approx(float(reference.max()), abs=1e-3)
+    assert sorted(paths.values()) == sorted(relpaths)
+    if scale < 10:
+        assert max(spread) < 0.9  # the comparison covered unsaturated probabilities
+
+
+def test_classify_never_opens_an_image(encoded, tmp_path, monkeypatch):
+    images, _, store = encoded
+    shutil.rmtree(images)
+
+    def no_images(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("classify opened an image")
+
+    monkeypatch.setattr(Image, "open", no_images)
+    summary = classify(store, labels_toml(tmp_path), interactive=False)
+    assert summary.scored == 14
+    assert len({r["image_id"] for r in predictions(store)}) == 14
+
+
+def test_abstain_rules_turn_weak_answers_into_unknown(encoded, tmp_path):
+    _, _, store = encoded
+    classify(store, labels_toml(tmp_path, name="plain", extra="logit_scale = 3"), False)
+    plain = predictions(store)
+    # thresholds from this data, so that each rule has something to split
+    min_prob = round(float(np.median([r["prob"] for r in plain])), 4)
+    min_margin = round(float(np.quantile([r["margin"] for r in plain], 0.25)), 4)
+    extra = f"logit_scale = 3\n[abstain]\nmin_prob = {min_prob}\nmin_margin = {min_margin}\n"
+    summary = classify(store, labels_toml(tmp_path, extra=extra), interactive=False)
+    rows = [r for r in predictions(store) if r["label_set_version"] == summary.version]
+    expected = [r["prob"] < min_prob or r["margin"] < min_margin for r in rows]
+    assert [r["abstained"] for r in rows] == expected
+    assert 0 < sum(expected) < len(rows), (min_prob, min_margin, rows)
+    assert summary.abstained == sum(expected)
+    for row in rows:
+        assert row["label"] == ("unknown" if row["abstained"] else row["top_labels"][0])
+        assert row["margin"] == pytest.approx(row["top_probs"][0] - row["top_probs"][1], abs=1e-6)
+
+
+def test_same_file_is_a_no_op_and_an_edit_is_a_new_version(encoded, tmp_path):
+    _, _, store = encoded
+    path = labels_toml(tmp_path)
+    first = classify(store, path, interactive=False)
+    files_before = sorted(p.relative_to(store) for p in store.rglob("*.parquet"))
+    again = classify(store, path, interactive=False)
+    assert (again.version, again.scored) == (first.version, 0)
+    assert sorted(p.relative_to(store) for p in store.rglob("*.parquet")) == files_before
+
+    path.write_text('templates = ["a photo of {}."]\n' + path.read_text(), encoding="utf-8")
+    edited = classify(store, path, interactive=False)
+    assert edited.version != first.version and edited.scored == 14
+    counts = run_query(
+        store,
+        "SELECT label_set_version, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
+    ).to_pylist()
+    assert {c["label_set_version"]: c["n"] for c in counts} == {
+        first.version: 14,
+        edited.version: 14,
+    }
+    latest = run_query(store, "SELECT DISTINCT label_set_version FROM latest_predictions")
+    assert latest.column(0).to_pylist() == [edited.version]
+
+
+def test_new_images_are_scored_on_the_next_classify(encoded, tmp_path, configs, vit_checkpoint):
+    images, _, store = encoded
+    path = labels_toml(tmp_path)
+    classify(store, path, interactive=False)
+    Image.new("RGB", (80, 60), (200, 10, 10)).save(images / "late.png")
+    (images / "sub0").rename(images / "moved")  # re-encoded: encode is not incremental yet
+    spec = ModelSpec(str(configs["vit"]), str(vit_checkpoint))
+    encode(EncodeConfig(images_dir=images, store=store, model=spec, workers=0), False)
+    assert classify(store, path, interactive=False).scored == 15
+    assert len(predictions(store)) == 29
+
+
+def test_hostile_label_text_is_just_data(encoded, tmp_path):
+    _, _, store = encoded
+    evil = {"x'); DROP TABLE images; --": "x'); DROP TABLE images; --", "../../etc": "../../etc"}
+    summary = classify(
+        store, labels_toml(tmp_path, name="../../etc/passwd", file="evil", **evil), False
+    )
+    assert summary.scored == 14
+    labels = run_query(store, "SELECT DISTINCT unnest(top_labels) FROM predictions").column(0)
+    assert sorted(labels.to_pylist()) == sorted(evil)
+    assert run_query(store, "SELECT count(*) FROM images").column(0).to_pylist() == [14]
+    names = [p.name for p in store.rglob("*")]
+    assert not any("etc" in n or "DROP" in n or "passwd" in n for n in names)
+    rows = run_query(
+        store,
+        "SELECT count(*) FROM predictions WHERE list_contains(top_labels, $l)",
+        {"l": "../../etc"},
+    ).column(0)
+    assert rows.to_pylist() == [14]
+
+
+def test_learned_logit_scale_is_the_checkpoints(encoded, tmp_path, vit_checkpoint):
+    _, _, store = encoded
+    summary = classify(store, labels_toml(tmp_path, extra='logit_scale = "learned"'), False)
+    learned = torch.load(vit_checkpoint, weights_only=True)["logit_scale"].exp().item()
+    assert summary.logit_scale == pytest.approx(learned) and learned != 100.0
+    assert all(r["logit_scale"] == pytest.approx(learned) for r in predictions(store))
+
+
+def test_views_count_what_was_stored(encoded, tmp_path):
+    _, _, store = encoded
+    classify(store, labels_toml(tmp_path), interactive=False)
+    query = (
+        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM failures), "
+        "(SELECT count(*) FROM predictions), (SELECT count(*) FROM latest_predictions), "
+        "(SELECT count(*) FROM label_sets), (SELECT count(*) FROM runs), "
+        "(SELECT sum(encoded) FROM runs)"
+    )
+    assert list(run_query(store, query).to_pylist()[0].values()) == [14, 0, 14, 14, 1, 1, 14]
+    by_label = run_query(
+        store, "SELECT label, count(*) AS n FROM latest_predictions GROUP BY 1"
+    ).to_pylist()
+    assert sum(r["n"] for r in by_label) == 14
+
+
+def test_catalog_opens_read_only_in_another_process(encoded, tmp_path):
+    _, _, store = encoded
+    classify(store, labels_toml(tmp_path), interactive=False)
+    script = (
+        "import duckdb, sys\n"
+        "con = duckdb.connect(sys.argv[1], read_only=True)\n"
+        "print(con.sql('SELECT count(*) FROM images').fetchall()[0][0],"
+        " con.sql('SELECT count(*) FROM latest_predictions').fetchall()[0][0],"
+        " con.sql('SELECT typeof(embedding) FROM images LIMIT 1').fetchall()[0][0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(store / "catalog.duckdb")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["14", "14", "FLOAT[32]"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('name = "x"\n', "no labels"),
+        (
+            'name = "x"\n[[labels]]\nid = "a"\nprompts = ["p"]\n[[labels]]\nid = "a"\n'
+            'prompts = ["q"]\n',
+            "duplicate label id 'a'",
+        ),
+        ('name = "x"\n[[labels]]\nid = "a"\nprompts = []\n', "label 'a' has no prompts"),
+        ('name = "x"\n[[labels]]\nid = "a"\nprompts = ["  "]\n', "label 'a' has an empty prompt"),
+        (
+            'name = "x"\ntemplates = ["a photo"]\n[[labels]]\nid = "a"\nprompts = ["p"]\n',
+            "must contain exactly one '{}'",
+        ),
+        ('name = "x"\ncolour = 1\n[[labels]]\nid = "a"\nprompts = ["p"]\n', "unknown key.*colour"),
+        ('name = "x"\n[[labels]]\nid = "a"\nprompt = ["p"]\n', "unknown key.*prompt"),
+        (
+            'name = "x"\n[abstain]\nmin_p = 1\n[[labels]]\nid = "a"\nprompts = ["p"]\n',
+            "unknown key.*min_p",
+        ),
+        ('name = "x"\nlogit_scale = -1\n[[labels]]\nid = "a"\nprompts = ["p"]\n', "logit_scale"),
+    ],
+)
+def test_bad_label_sets_are_clear_errors(tmp_path, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        load_label_set(path)
+
+
+def test_shipped_label_sets_load():
+    folder = Path(__file__).parents[1] / "jobs" / "labelsets"
+    seed = load_label_set(folder / "meter-type.toml")
+    assert [label.prompts[0] for label in seed.labels] == list(PROMPTS.values())
+    assert seed.logit_scale == 100.0
+    english = load_label_set(folder / "meter-type-en.toml")
+    assert english.label_ids == seed.label_ids and english.abstain.min_prob == 0.5
