@@ -48,7 +48,7 @@ def build_synthetic_store(root: Path, rows: int, dim: int, seed: int = 0) -> Non
             vectors = torch.randn(count, dim, generator=generator)
             unit = torch.nn.functional.normalize(vectors, dim=1).half().numpy()
             writer.add_images(_fake_rows(start, count, unit))
-        staged = writer.finish()
+        staged = writer.flush()
         parts = tuple(p for p in staged if p.startswith("embeddings/") and p.endswith(".parquet"))
         manifest = next_manifest(store, next_image_id=rows, embedding_parts=parts)
         commit(store, manifest, staged, None)
@@ -174,3 +174,99 @@ def format_classify_table(results: list[dict[str, Any]]) -> str:
 
 if __name__ == "__main__":  # the scoring half, in its own process
     print(json.dumps(measure_scoring(Path(sys.argv[1]), int(sys.argv[2]))))
+
+
+def bench_rescan(files: int, folder: Path) -> dict[str, Any]:
+    """A no-change `encode` over ``files`` files against a bare os.scandir walk of them."""
+    from meter_batch.config import EncodeConfig, ModelSpec
+
+    images, store = folder / "images", folder / "store"
+    shutil.rmtree(folder, ignore_errors=True)
+    _write_tree(images, files)
+    _store_for_tree(images, store)
+    spec = ModelSpec("synthetic", "none")
+    config = EncodeConfig(images_dir=images, store=store, model=spec, workers=0)
+    timings = {"walk": _best_of(3, lambda: _bare_walk(images, stat=False))}
+    timings["walk_stat"] = _best_of(3, lambda: _bare_walk(images, stat=True))
+    timings["rerun"] = _best_of(3, lambda: _no_change(config))
+    result: dict[str, Any] = {"files": files}
+    for name, seconds in timings.items():
+        result[f"{name}_files_per_s"] = round(files / seconds)
+    result["rerun_vs_walk"] = round(timings["rerun"] / timings["walk"], 2)
+    result["rerun_vs_walk_stat"] = round(timings["rerun"] / timings["walk_stat"], 2)
+    result["peak_rss_mib"] = peak_rss_mib()
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def _no_change(config: Any) -> None:
+    from meter_batch.pipeline import encode
+
+    summary = encode(config, interactive=False)
+    if summary.encoded or summary.commits or summary.deleted:
+        raise RuntimeError(f"the re-run was not a no-change run: {summary}")
+
+
+def _best_of(rounds: int, action: Any) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        action()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _bare_walk(root: Path, stat: bool) -> int:
+    count, pending = 0, [os.fsencode(root)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                else:
+                    count += 1
+                    if stat:
+                        entry.stat()
+    return count
+
+
+def _write_tree(images: Path, files: int, per_folder: int = 100) -> None:
+    for number in range(files):
+        folder = images / f"{number // per_folder:05d}"
+        if number % per_folder == 0:
+            folder.mkdir(parents=True)
+        (folder / f"{number:07d}.jpg").write_bytes(b"\xff\xd8")
+
+
+def _store_for_tree(images: Path, root: Path) -> None:
+    """A committed store whose rows match the tree's stat: as after a real first run."""
+    from meter_batch.scan import collect_work
+    from meter_batch.views import refresh_catalog
+
+    work = collect_work(images)
+    dim = 16
+    with locked(root) as lock:
+        source = {"name": "synthetic", "pretrained": "none", "seed": 0}
+        store = open_for_write(root, synthetic_identity(dim), source, lock)
+        writer = RunWriter(store, "bench", 0, part_rows=250_000)
+        for start in range(0, len(work), _WRITE_BATCH):
+            stop = min(len(work), start + _WRITE_BATCH)
+            rows = _fake_rows(start, stop - start, np.zeros((stop - start, dim), np.float16))
+            positions = slice(start, stop)
+            writer.add_images(
+                ImageRows(
+                    relpaths=[work.relpath(i) for i in range(start, stop)],
+                    sizes=work.sizes[positions],
+                    mtimes_ns=work.mtimes_ns[positions],
+                    widths=rows.widths,
+                    heights=rows.heights,
+                    hashes=rows.hashes,
+                    embeddings=rows.embeddings,
+                )
+            )
+        staged = writer.flush()
+        parts = tuple(p for p in staged if p.startswith("embeddings/") and p.endswith(".parquet"))
+        run = {"run_id": "bench", "finished_at": "2026-01-01T00:00:00+00:00", "path_prefix": ""}
+        manifest = next_manifest(store, next_image_id=len(work), embedding_parts=parts, runs=(run,))
+        commit(store, manifest, staged, None)
+        refresh_catalog(store)

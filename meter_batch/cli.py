@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(commands)
     _add_search(commands)
     _add_query(commands)
+    _add_verify(commands)
+    _add_rebuild_index(commands)
+    _add_run(commands)
     _add_demo(commands)
     _add_bench(commands)
     return parser
@@ -85,6 +88,18 @@ def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=default_workers(),
         help=f"decoder processes; 0 decodes in the main process (default: {default_workers()})",
     )
+    parser.add_argument(
+        "--commit-every",
+        type=int,
+        default=10_000,
+        help="commit after this many images, so a crash loses at most that much (default: 10000)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default="",
+        help="store paths as PREFIX + path below IMAGES_DIR (several roots in one store: "
+        "give each its own, e.g. site-a/)",
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: auto")
     parser.add_argument(
         "--precision",
@@ -106,6 +121,8 @@ def _run_encode(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         precision=args.precision,
+        commit_every=args.commit_every,
+        path_prefix=args.prefix,
     )
     summary = encode(config)
     print(json.dumps(summary.to_json()))
@@ -262,6 +279,60 @@ def _cell(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _add_verify(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "verify",
+        help="check that manifest, parts, FAISS ids and catalog agree",
+        description="List every inconsistency (exit 8), or print the counts (exit 0).",
+    )
+    parser.add_argument("store", type=Path, metavar="STORE")
+    parser.set_defaults(handler=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from meter_batch.verify import verify
+
+    problems, counts = verify(args.store)
+    for problem in problems:
+        print(f"problem: {problem}")
+    print(json.dumps({"store": str(args.store), "ok": not problems, **counts}))
+    return 8 if problems else 0
+
+
+def _add_rebuild_index(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "rebuild-index",
+        help="recreate the FAISS index from the stored embeddings",
+        description="The index is derived data: rebuild it from the live vectors and commit.",
+    )
+    parser.add_argument("store", type=Path, metavar="STORE")
+    parser.set_defaults(handler=_run_rebuild_index)
+
+
+def _run_rebuild_index(args: argparse.Namespace) -> int:
+    from meter_batch.pipeline import rebuild_index
+
+    print(json.dumps({"store": str(args.store), "indexed": rebuild_index(args.store)}))
+    return 0
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run a job file: encode each root, classify each label set, refresh the catalog",
+        description="For cron and systemd: see jobs/nightly.toml. Logs to the job's log_file; "
+        "exits 0, or with the failing step's exit code.",
+    )
+    parser.add_argument("job", type=Path, metavar="JOB.toml")
+    parser.set_defaults(handler=_run_job)
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    from meter_batch.job import run_job
+
+    return run_job(args.job)
+
+
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "demo",
@@ -305,22 +376,30 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "bench",
         help="benchmarks that print their figures",
         description="bench classify: synthetic store of random unit vectors; read rate, "
-        "classify rate, their ratio and peak RSS at each N.",
+        "classify rate, their ratio and peak RSS at each N. bench rescan: a no-change encode "
+        "over --files files against a bare os.scandir walk of the same tree.",
     )
-    parser.add_argument("what", choices=("classify",))
+    parser.add_argument("what", choices=("classify", "rescan"))
     parser.add_argument(
         "--n", type=int, action="append", help="store sizes (default: 100000 and 1000000)"
     )
     parser.add_argument("--dim", type=int, default=1024, help="embedding dimension (default: 1024)")
     parser.add_argument("--labels", type=int, default=10, help="labels (default: 10)")
     parser.add_argument("--dir", type=Path, default=Path("bench-output"), help="scratch folder")
+    parser.add_argument("--files", type=int, default=100_000, help="rescan: files (100000)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.set_defaults(handler=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from meter_batch.bench import bench_classify, format_classify_table
+    from meter_batch.bench import bench_classify, bench_rescan, format_classify_table
 
+    if args.what == "rescan":
+        result = bench_rescan(args.files, args.dir)
+        print(json.dumps(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     sizes = args.n or [100_000, 1_000_000]
     results = bench_classify(sizes, args.dim, args.labels, args.dir)
     print(format_classify_table(results))
@@ -334,6 +413,8 @@ def _configure_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s meter-batch: %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("meter_batch")
+    for old in list(logger.handlers):  # main() may run many times in one process (tests)
+        logger.removeHandler(old)
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False

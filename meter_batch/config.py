@@ -49,6 +49,12 @@ class ModelSpec:
             raise ConfigError("pretrained must not be empty (use 'none' for random weights)")
 
 
+def _check_prefix(prefix: str) -> None:
+    """Paths of a multi-root store are stored as ``<prefix><path below the root>``."""
+    if prefix and (not prefix.endswith("/") or prefix.startswith("/") or "//" in prefix):
+        raise ConfigError(f"path_prefix must look like 'name/' (no leading '/'); got {prefix!r}")
+
+
 def default_workers() -> int:
     """One decode worker per core: decoding is the bottleneck on every machine we measured."""
     return max(1, min(os.cpu_count() or 1, 16))
@@ -66,9 +72,13 @@ class EncodeConfig:
     device: str = "auto"
     precision: str = "auto"
     part_rows: int = 50_000
+    commit_every: int = 10_000
+    path_prefix: str = ""
 
     def __post_init__(self) -> None:
         _check_positive("batch_size", self.batch_size)
+        _check_positive("commit_every", self.commit_every)
+        _check_prefix(self.path_prefix)
         _check_positive("workers", self.workers, minimum=0)
         _check_positive("part_rows", self.part_rows)
         _check_choice("device", self.device, DEVICES)

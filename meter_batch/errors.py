@@ -59,5 +59,6 @@ EXIT_CODES: dict[int, str] = {
     5: "store cannot be created, read or written",
     6: "store belongs to another model",
     7: "store is locked by another run",
+    8: "verify found problems in the store",
     130: "interrupted (Ctrl-C)",
 }

@@ -14,6 +14,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from meter_batch import faults
 from meter_batch.errors import StoreError
 
 
@@ -43,6 +44,7 @@ def save_index(index: faiss.IndexIDMap2, path: Path) -> None:
             os.fsync(handle.fileno())
     except (RuntimeError, OSError) as exc:
         raise StoreError(f"writing FAISS index {path} failed: {exc}") from exc
+    faults.point("faiss")
     check = load_index(path)
     if check.ntotal != index.ntotal or check.d != index.d:
         raise StoreError(
@@ -65,3 +67,9 @@ def search(index: faiss.IndexIDMap2, queries: np.ndarray, k: int) -> tuple[np.nd
     """(scores, image_ids), each (Q, k); missing neighbours have id -1."""
     scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return scores, ids
+
+
+def remove_ids(index: faiss.IndexIDMap2, ids: list[int] | np.ndarray) -> int:
+    if len(ids) == 0:
+        return 0
+    return int(index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))  # type: ignore[arg-type]

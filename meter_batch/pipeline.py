@@ -6,18 +6,21 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute
+import pyarrow.parquet as pq
 import torch
 
-from meter_batch import __version__
+from meter_batch import __version__, faults
+from meter_batch.changes import Plan, fetch_rows, plan_changes, tombstoned_ids
 from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.decode import (
     DEFAULT_MAX_PIXELS,
@@ -29,14 +32,22 @@ from meter_batch.decode import (
     worker_init,
 )
 from meter_batch.encode import DevicePlan, ImageEncoder, plan_device
-from meter_batch.errors import InputError, ModelMismatchError
-from meter_batch.index import add_embeddings, load_index, new_index, save_index
+from meter_batch.errors import ConfigError, InputError, ModelMismatchError, StoreError
+from meter_batch.index import (
+    add_embeddings,
+    index_ids,
+    load_index,
+    new_index,
+    remove_ids,
+    save_index,
+)
 from meter_batch.labels import LabelSet, label_matrix, load_label_set, resolve_scale
 from meter_batch.model import LoadedModel, load_model
 from meter_batch.progress import Progress
 from meter_batch.scan import WorkList, collect_work
 from meter_batch.score import Scorer, ScoreSettings, score_files
 from meter_batch.store import (
+    STORE_FILE,
     Store,
     commit,
     locked,
@@ -46,8 +57,8 @@ from meter_batch.store import (
     open_store,
     staged_path,
 )
-from meter_batch.vectors import BATCH_ROWS
-from meter_batch.views import refresh_catalog
+from meter_batch.vectors import BATCH_ROWS, iter_vectors
+from meter_batch.views import catalog_is_current, refresh_catalog
 from meter_batch.write import (
     FailureRecord,
     ImageRows,
@@ -67,6 +78,11 @@ class RunSummary:
     scanned: int
     encoded: int
     failed: int
+    skipped: int
+    touched: int
+    superseded: int
+    deleted: int
+    commits: int
     seconds: float
     images_per_s: float
 
@@ -75,35 +91,211 @@ class RunSummary:
 
 
 def encode(config: EncodeConfig, interactive: bool | None = None) -> RunSummary:
-    """Encode every image under ``config.images_dir`` into ``config.store`` and commit."""
+    """Bring ``config.store`` up to date with ``config.images_dir``: new and changed files
+    are encoded, deleted ones tombstoned; a commit every ``commit_every`` images."""
     started = time.monotonic()
     root = _check_images_dir(config.images_dir)
     with locked(config.store) as lock:
-        loaded = load_model(config.model)
-        store = open_for_write(config.store, loaded.identity, model_source(config.model), lock)
-        plan = plan_device(config.device, config.precision)
+        faults.point("locked")
+        store, loaded = _open_for_encode(config, lock)
+        _check_prefix_use(store, config.path_prefix)
+        if store.manifest.seq and not catalog_is_current(store):
+            refresh_catalog(store)  # the last run died between its commit and the catalog
         log.info("scanning %s", root)
         work = collect_work(root)
-        run_id = new_run_id()
-        writer = RunWriter(store, run_id, store.manifest.next_image_id, config.part_rows)
-        writer.add_failures([FailureRecord(f.relpath, f.kind, f.message) for f in work.failures])
-        index = _open_index(store)
-        with Progress(len(work), "encode", interactive) as progress:
-            _encode_work(config, loaded, plan, work, writer, index, progress)
-        staged = writer.finish()
-        seconds = time.monotonic() - started
-        record = _run_record(config, plan, run_id, work, writer, seconds)
-        _commit_run(store, writer, staged, index, record)
-        refresh_catalog(store)
-    return RunSummary(
-        run_id=run_id,
-        store=str(config.store),
-        scanned=len(work) + len(work.failures),
-        encoded=writer.encoded,
-        failed=writer.failed,
-        seconds=round(seconds, 3),
-        images_per_s=round(writer.encoded / seconds, 2) if seconds > 0 else 0.0,
-    )
+        faults.point("scan")
+        prefix = config.path_prefix.encode("utf-8")
+        changes = plan_changes(root, work, store, prefix)
+        run = _EncodeRun(config, store, work, changes, new_run_id())
+        if not changes.empty or not store.manifest.runs or not store.manifest.index_current:
+            run.execute(loaded or load_store_model(store, config.model), interactive, started)
+    return run.summary(time.monotonic() - started)
+
+
+def _open_for_encode(config: EncodeConfig, lock: BinaryIO) -> tuple[Store, LoadedModel | None]:
+    """The store, and the model when it had to be loaded to check or create the store.
+
+    A store whose recorded model source equals the request defers loading the model
+    until there is something to encode: a no-change nightly run costs only stat calls.
+    """
+    source = model_source(config.model)
+    if (config.store / STORE_FILE).exists():
+        store = open_existing(config.store, lock)
+        if store.model_source == source:
+            return store, None
+    loaded = load_model(config.model)
+    return open_for_write(config.store, loaded.identity, source, lock), loaded
+
+
+class _EncodeRun:
+    """One encode run's state: what to do, the writer, the index, the counters."""
+
+    def __init__(
+        self, config: EncodeConfig, store: Store, work: WorkList, changes: Plan, run_id: str
+    ) -> None:
+        self.config, self.store, self.work, self.changes = config, store, work, changes
+        self.run_id = run_id
+        self.prefix = config.path_prefix.encode("utf-8")
+        self.writer = RunWriter(store, run_id, store.manifest.next_image_id, config.part_rows)
+        self.commits = 0
+        self.pending_supersedes: list[tuple[bytes, int | None, str]] = []
+
+    def execute(self, loaded: LoadedModel, interactive: bool | None, started: float) -> None:
+        device = plan_device(self.config.device, self.config.precision)
+        index = reconcile_index(self.store, _open_index(self.store))
+        self.writer.add_failures(
+            [FailureRecord(self._stored(f.relpath), f.kind, f.message) for f in self.work.failures]
+        )
+        self._carry_touched(index)
+        with Progress(len(self.changes.encode), "encode", interactive) as progress:
+            for batch, embeddings in _encoded_batches(
+                self.config, loaded, device, self.work, self.changes.encode
+            ):
+                self._add_batch(batch, embeddings, index)
+                progress.update(len(batch.indices) + len(batch.failures))
+                faults.point("batch")
+                if (
+                    self.writer.encoded + self.writer.failed
+                    >= (self.commits + 1) * self.config.commit_every
+                ):
+                    self._commit(index, final=False)
+        self._delete(index)
+        record = _run_record(self.config, device, self, time.monotonic() - started)
+        self._commit(index, final=True, record=record)
+        refresh_catalog(self.store)
+
+    def _stored(self, relpath: bytes) -> bytes:
+        return self.prefix + relpath
+
+    def _add_batch(
+        self, batch: DecodedBatch, embeddings: np.ndarray | None, index: faiss.IndexIDMap2
+    ) -> None:
+        failures = [
+            _failure(self.work, d.index, d.kind or "", d.message, self.prefix)
+            for d in batch.failures
+        ]
+        self.writer.add_failures(failures)
+        if embeddings is not None:
+            ids = self.writer.add_images(_rows(self.work, batch, embeddings, self.prefix))
+            add_embeddings(index, ids, embeddings)
+        for position in [*batch.indices, *(d.index for d in batch.failures)]:
+            old = self.changes.supersedes.get(position)
+            if old is not None:
+                self.pending_supersedes.append(
+                    (self._stored(self.work.relpath(position)), old, "superseded")
+                )
+
+    def _carry_touched(self, index: faiss.IndexIDMap2) -> None:
+        """Same content under a new mtime: a new row with the old embedding, no decoding."""
+        positions = sorted(self.changes.touched)
+        old_rows = fetch_rows(self.store, [self.changes.touched[p] for p in positions])
+        for position in positions:
+            old_id = self.changes.touched[position]
+            row = old_rows[old_id]
+            embedding = np.asarray(row["embedding"], dtype=np.float16)[None, :]
+            rows = ImageRows(
+                relpaths=[self._stored(self.work.relpath(position))],
+                sizes=self.work.sizes[[position]],
+                mtimes_ns=self.work.mtimes_ns[[position]],
+                widths=[int(row["width"])],  # type: ignore[call-overload]
+                heights=[int(row["height"])],  # type: ignore[call-overload]
+                hashes=[_hash_of(self.store, old_id)],
+                embeddings=embedding,
+            )
+            add_embeddings(index, self.writer.add_images(rows), embedding)
+            self.pending_supersedes.append((rows.relpaths[0], old_id, "superseded"))
+
+    def _delete(self, index: faiss.IndexIDMap2) -> None:
+        records = [(self._stored(p), image_id, "deleted") for p, image_id in self.changes.deleted]
+        self.writer.add_tombstones(records)
+        remove_ids(index, [image_id for _, image_id, _ in records if image_id is not None])
+
+    def _commit(
+        self, index: faiss.IndexIDMap2, final: bool, record: dict[str, Any] | None = None
+    ) -> None:
+        """Commit what is staged. The index is saved only with the final commit: rewriting it
+        every few thousand images would cost more than the encoding; a crash leaves it
+        behind the parts, and the next run's `reconcile_index` catches it up."""
+        self.writer.add_tombstones(self.pending_supersedes)
+        remove_ids(
+            index, [image_id for _, image_id, _ in self.pending_supersedes if image_id is not None]
+        )
+        self.pending_supersedes = []
+        staged = self.writer.flush()
+        manifest = self.store.manifest
+        seq = manifest.seq + 1
+        index_file, index_relpath = None, manifest.index
+        if final:
+            index_relpath = f"index/{seq:012d}.faiss"
+            index_file = self.store.path("staging") / f"{seq:012d}.faiss"
+            save_index(index, index_file)
+        changes: dict[str, Any] = {
+            "next_image_id": self.writer.next_image_id,
+            "embedding_parts": manifest.embedding_parts + _of(staged, "embeddings/"),
+            "failure_parts": manifest.failure_parts + _of(staged, "failures/"),
+            "tombstone_parts": manifest.tombstone_parts + _of(staged, "tombstones/"),
+            "index": index_relpath,
+            "index_current": final,
+        }
+        if record is not None:
+            changes["runs"] = (*manifest.runs, record)
+        commit(self.store, next_manifest(self.store, **changes), staged, index_file)
+        self.commits += 1
+
+    def summary(self, seconds: float) -> RunSummary:
+        encoded = self.writer.encoded - len(self.changes.touched)
+        return RunSummary(
+            run_id=self.run_id,
+            store=str(self.config.store),
+            scanned=len(self.work) + len(self.work.failures),
+            encoded=encoded,
+            failed=self.writer.failed,
+            skipped=self.changes.skipped,
+            touched=len(self.changes.touched),
+            superseded=len(self.changes.supersedes),
+            deleted=len(self.changes.deleted),
+            commits=self.commits,
+            seconds=round(seconds, 3),
+            images_per_s=round(encoded / seconds, 2) if seconds > 0 else 0.0,
+        )
+
+
+def _of(staged: list[str], folder: str) -> tuple[str, ...]:
+    return tuple(p for p in staged if p.startswith(folder) and p.endswith(".parquet"))
+
+
+def _hash_of(store: Store, image_id: int) -> bytes:
+    for path in store.live_paths("embeddings"):
+        table = pq.read_table(
+            path, columns=["image_id", "content_hash"], filters=[("image_id", "=", image_id)]
+        )
+        if table.num_rows:
+            return bytes(table.column("content_hash")[0].as_py())
+    raise StoreError(f"image {image_id} is listed but missing from every part")
+
+
+def reconcile_index(store: Store, index: faiss.IndexIDMap2) -> faiss.IndexIDMap2:
+    """Make the index hold exactly the live rows: after a crash it may lag the parts."""
+    live = live_ids(store)
+    present = set(index_ids(index).tolist())
+    missing = live - present
+    remove_ids(index, sorted(present - live))
+    if missing:
+        log.info("catching the FAISS index up: %d rows", len(missing))
+        for path in store.live_paths("vectors"):
+            for ids, vectors in iter_vectors(path):
+                keep = np.fromiter((i in missing for i in ids.tolist()), dtype=bool, count=len(ids))
+                if keep.any():
+                    add_embeddings(index, ids[keep], vectors[keep])
+    return index
+
+
+def live_ids(store: Store) -> set[int]:
+    dead = tombstoned_ids(store)
+    ids: set[int] = set()
+    for path in store.live_paths("embeddings"):
+        ids.update(pq.read_table(path, columns=["image_id"]).column(0).to_pylist())
+    return ids - dead
 
 
 def _check_images_dir(path: Path) -> Path:
@@ -128,7 +320,7 @@ def model_source(spec: ModelSpec) -> dict[str, Any]:
 
 
 def new_run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
 
 
 def _open_index(store: Store) -> faiss.IndexIDMap2:
@@ -137,34 +329,25 @@ def _open_index(store: Store) -> faiss.IndexIDMap2:
     return new_index(store.identity.embed_dim)
 
 
-def _encode_work(
+def _encoded_batches(
     config: EncodeConfig,
     loaded: LoadedModel,
-    plan: DevicePlan,
+    device: DevicePlan,
     work: WorkList,
-    writer: RunWriter,
-    index: faiss.IndexIDMap2,
-    progress: Progress,
-) -> None:
-    if not len(work):
+    positions: list[int],
+) -> Iterator[tuple[DecodedBatch, np.ndarray | None]]:
+    if not positions:
         return
     stage = split_preprocess(loaded.reference_preprocess)
-    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, plan)
-    dataset = ImageFiles(
-        os.fsencode(config.images_dir.resolve()), work, stage.transform, DEFAULT_MAX_PIXELS
-    )
-    for batch in _loader(dataset, config, plan):
-        writer.add_failures(
-            [_failure(work, d.index, d.kind or "", d.message) for d in batch.failures]
-        )
-        if batch.indices:
-            embeddings = encoder(batch.pixels)
-            ids = writer.add_images(_rows(work, batch, embeddings))
-            add_embeddings(index, ids, embeddings)
-        progress.update(len(batch.indices) + len(batch.failures))
+    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
+    folder = os.fsencode(config.images_dir.resolve())
+    dataset = ImageFiles(folder, work, stage.transform, DEFAULT_MAX_PIXELS)
+    subset = torch.utils.data.Subset(dataset, positions)
+    for batch in _loader(subset, config, device):
+        yield batch, (encoder(batch.pixels) if batch.indices else None)
 
 
-def _loader(dataset: ImageFiles, config: EncodeConfig, plan: DevicePlan) -> Any:
+def _loader(dataset: Any, config: EncodeConfig, plan: DevicePlan) -> Any:
     workers = config.workers
     if workers == 0:
         configure_decoder_process(in_worker=False)
@@ -180,10 +363,10 @@ def _loader(dataset: ImageFiles, config: EncodeConfig, plan: DevicePlan) -> Any:
     )
 
 
-def _rows(work: WorkList, batch: DecodedBatch, embeddings: np.ndarray) -> ImageRows:
+def _rows(work: WorkList, batch: DecodedBatch, embeddings: np.ndarray, prefix: bytes) -> ImageRows:
     positions = np.asarray(batch.indices, dtype=np.int64)
     return ImageRows(
-        relpaths=[work.relpath(i) for i in batch.indices],
+        relpaths=[prefix + work.relpath(i) for i in batch.indices],
         sizes=work.sizes[positions],
         mtimes_ns=work.mtimes_ns[positions],
         widths=batch.widths,
@@ -193,9 +376,11 @@ def _rows(work: WorkList, batch: DecodedBatch, embeddings: np.ndarray) -> ImageR
     )
 
 
-def _failure(work: WorkList, position: int, kind: str, message: str) -> FailureRecord:
+def _failure(
+    work: WorkList, position: int, kind: str, message: str, prefix: bytes
+) -> FailureRecord:
     return FailureRecord(
-        work.relpath(position),
+        prefix + work.relpath(position),
         kind,
         message,
         int(work.sizes[position]),
@@ -204,50 +389,27 @@ def _failure(work: WorkList, position: int, kind: str, message: str) -> FailureR
 
 
 def _run_record(
-    config: EncodeConfig,
-    plan: DevicePlan,
-    run_id: str,
-    work: WorkList,
-    writer: RunWriter,
-    seconds: float,
+    config: EncodeConfig, device: DevicePlan, run: _EncodeRun, seconds: float
 ) -> dict[str, Any]:
+    summary = run.summary(seconds)
     return {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "images_dir": str(config.images_dir.resolve()),
-        "scanned": len(work) + len(work.failures),
-        "encoded": writer.encoded,
-        "failed": writer.failed,
+        "path_prefix": config.path_prefix,
+        "scanned": summary.scanned,
+        "encoded": summary.encoded,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "touched": summary.touched,
+        "superseded": summary.superseded,
+        "deleted": summary.deleted,
         "seconds": round(seconds, 3),
-        "device": str(plan.device),
-        "precision": plan.precision,
+        "device": str(device.device),
+        "precision": device.precision,
         "preprocess_path": "exact",
         "meter_batch_version": __version__,
     }
-
-
-def _commit_run(
-    store: Store,
-    writer: RunWriter,
-    staged: list[str],
-    index: faiss.IndexIDMap2,
-    record: dict[str, Any],
-) -> None:
-    seq = store.manifest.seq + 1
-    index_relpath = f"index/{seq:012d}.faiss"
-    staged_index = store.path("staging") / f"{seq:012d}.faiss"
-    save_index(index, staged_index)
-    new_parts = [p for p in staged if p.startswith("embeddings/") and p.endswith(".parquet")]
-    new_failures = [p for p in staged if p.startswith("failures/")]
-    manifest = next_manifest(
-        store,
-        next_image_id=writer.next_image_id,
-        embedding_parts=store.manifest.embedding_parts + tuple(new_parts),
-        failure_parts=store.manifest.failure_parts + tuple(new_failures),
-        index=index_relpath,
-        runs=(*store.manifest.runs, record),
-    )
-    commit(store, manifest, staged, staged_index)
 
 
 @dataclass(frozen=True)
@@ -374,3 +536,29 @@ def _commit_label_set(store: Store, entry: dict[str, Any], parts: list[str]) -> 
 
 def pc_sum(column: Any) -> int:
     return int(pa.compute.sum(column).as_py() or 0)
+
+
+def rebuild_index(store_root: Path) -> int:
+    """Recreate the FAISS index from the live vectors (it is derived data); commit it."""
+    open_store(store_root)  # a clear error, and nothing created, when it is not a store
+    with locked(store_root) as lock:
+        store = open_existing(store_root, lock)
+        index = reconcile_index(store, new_index(store.identity.embed_dim))
+        seq = store.manifest.seq + 1
+        staged = store.path("staging") / f"{seq:012d}.faiss"
+        save_index(index, staged)
+        manifest = next_manifest(store, index=f"index/{seq:012d}.faiss")
+        commit(store, manifest, [], staged)
+        refresh_catalog(store)
+        return int(index.ntotal)
+
+
+def _check_prefix_use(store: Store, prefix: str) -> None:
+    """A store holds either one unprefixed root or only prefixed ones: an unprefixed
+    root's walk would otherwise see every prefixed path as deleted."""
+    used = {run.get("path_prefix", "") for run in store.manifest.runs}
+    if used and ((prefix == "" and used - {""}) or (prefix != "" and "" in used)):
+        raise ConfigError(
+            f"store {store.root} was encoded with path prefixes {sorted(used)}; "
+            f"a store holds one unprefixed root or only prefixed roots"
+        )

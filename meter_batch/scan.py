@@ -42,40 +42,66 @@ def is_image_name(name: bytes) -> bool:
 
 
 def scan_images(root: Path) -> Iterator[ScannedFile | ScanFailure]:
-    """Yield every image file under ``root`` (and every entry that could not be read)."""
-    yield from _walk(os.fsencode(root), b"")
+    """Every image file under ``root`` (and every entry that could not be read)."""
+    work = collect_work(root)
+    yield from work.failures
+    for position in range(len(work)):
+        yield ScannedFile(
+            work.relpath(position), int(work.sizes[position]), int(work.mtimes_ns[position])
+        )
 
 
-def _walk(root: bytes, relative_dir: bytes) -> Iterator[ScannedFile | ScanFailure]:
-    directory = os.path.join(root, relative_dir) if relative_dir else root
-    try:
-        with os.scandir(directory) as iterator:
-            entries = sorted(iterator, key=lambda entry: entry.name)
-    except OSError as exc:
-        yield ScanFailure(relative_dir or b".", _kind_of(exc), exc.strerror or str(exc))
-        return
-    for entry in entries:
-        if entry.name.startswith(b"."):
-            continue
-        relpath = os.path.join(relative_dir, entry.name) if relative_dir else entry.name
+class _Walk:
+    """The walk's accumulators. One stat per image file and no per-file objects: a nightly
+    no-change run is mostly this loop, so it is kept close to a bare os.scandir walk."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+        self.paths: list[bytes] = []
+        self.sizes: list[int] = []
+        self.mtimes: list[int] = []
+        self.failures: list[ScanFailure] = []
+
+    def folder(self, relative_dir: bytes) -> None:
+        directory = self.root + b"/" + relative_dir if relative_dir else self.root
         try:
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk(root, relpath)
-            elif is_image_name(entry.name):
-                yield from _stat_file(entry, relpath)
+            with os.scandir(directory) as iterator:
+                entries = sorted(iterator, key=_name)
         except OSError as exc:
-            yield ScanFailure(relpath, _kind_of(exc), exc.strerror or str(exc))
+            self.failures.append(ScanFailure(relative_dir or b".", _kind_of(exc), _reason(exc)))
+            return
+        prefix = relative_dir + b"/" if relative_dir else b""
+        for entry in entries:
+            name = entry.name
+            if name[:1] == b".":
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    self.folder(prefix + name)
+                elif name.lower().endswith(_EXTENSIONS_BYTES):
+                    self._file(entry, prefix + name)
+            except OSError as exc:
+                self.failures.append(ScanFailure(prefix + name, _kind_of(exc), _reason(exc)))
+
+    def _file(self, entry: os.DirEntry[bytes], relpath: bytes) -> None:
+        try:
+            info = entry.stat()
+        except FileNotFoundError:
+            if entry.is_symlink():
+                self.failures.append(ScanFailure(relpath, "vanished", "broken symbolic link"))
+            return  # deleted while we walked: it was never there for this run
+        if stat.S_ISREG(info.st_mode):
+            self.paths.append(relpath)
+            self.sizes.append(info.st_size)
+            self.mtimes.append(info.st_mtime_ns)
 
 
-def _stat_file(entry: os.DirEntry[bytes], relpath: bytes) -> Iterator[ScannedFile | ScanFailure]:
-    try:
-        info = entry.stat(follow_symlinks=True)
-    except FileNotFoundError:
-        if entry.is_symlink():
-            yield ScanFailure(relpath, "vanished", "broken symbolic link")
-        return  # deleted while we walked: it was never there for this run
-    if stat.S_ISREG(info.st_mode):
-        yield ScannedFile(relpath, info.st_size, info.st_mtime_ns)
+def _name(entry: os.DirEntry[bytes]) -> bytes:
+    return entry.name
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _kind_of(exc: OSError) -> str:
@@ -102,28 +128,13 @@ class WorkList:
         return self.paths[index].as_py()
 
 
-def collect_work(root: Path, chunk: int = 65_536) -> WorkList:
-    """Run the scan to completion and pack the result."""
-    paths: list[pa.Array] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    pending: list[bytes] = []
-    failures: list[ScanFailure] = []
-    for item in scan_images(root):
-        if isinstance(item, ScanFailure):
-            failures.append(item)
-            continue
-        pending.append(item.relpath)
-        sizes.append(item.size)
-        mtimes.append(item.mtime_ns)
-        if len(pending) >= chunk:
-            paths.append(pa.array(pending, pa.binary()))
-            pending = []
-    paths.append(pa.array(pending, pa.binary()))
-    combined = pa.concat_arrays(paths)
+def collect_work(root: Path) -> WorkList:
+    """Walk ``root`` and pack the result."""
+    walk = _Walk(os.fsencode(root).rstrip(b"/") or b"/")
+    walk.folder(b"")
     return WorkList(
-        paths=combined,
-        sizes=np.asarray(sizes, dtype=np.int64),
-        mtimes_ns=np.asarray(mtimes, dtype=np.int64),
-        failures=failures,
+        paths=pa.array(walk.paths, pa.binary()),
+        sizes=np.asarray(walk.sizes, dtype=np.int64),
+        mtimes_ns=np.asarray(walk.mtimes, dtype=np.int64),
+        failures=walk.failures,
     )

@@ -35,6 +35,19 @@ FAILURES_SCHEMA = pa.schema(
 )
 
 
+# A tombstone ends an image row ("deleted", "superseded"), or with a null image_id, a
+# standing failure of a file that is gone ("deleted").
+TOMBSTONES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64()),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("path_bytes", pa.binary()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+
 def embedding_type(dim: int) -> pa.DataType:
     return pa.list_(pa.float16(), dim)
 

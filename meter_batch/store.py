@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from meter_batch import faults
 from meter_batch.errors import ModelMismatchError, StoreError, StoreLockedError
 from meter_batch.model import ModelIdentity
 from meter_batch.schema import FORMAT_VERSION
@@ -37,7 +38,16 @@ from meter_batch.vectors import vectors_path
 
 STORE_FILE = "store.json"
 LOCK_FILE = ".lock"
-SUBDIRS = ("manifests", "embeddings", "failures", "index", "labelsets", "predictions", "staging")
+SUBDIRS = (
+    "manifests",
+    "embeddings",
+    "failures",
+    "tombstones",
+    "index",
+    "labelsets",
+    "predictions",
+    "staging",
+)
 KEEP_MANIFESTS = 2  # the previous one stays readable for readers that opened it
 
 
@@ -49,7 +59,9 @@ class Manifest:
     next_image_id: int = 0
     embedding_parts: tuple[str, ...] = ()
     failure_parts: tuple[str, ...] = ()
+    tombstone_parts: tuple[str, ...] = ()
     index: str | None = None
+    index_current: bool = True  # False between a run's intermediate commits and its last
     runs: tuple[dict[str, Any], ...] = ()
     label_sets: tuple[dict[str, Any], ...] = ()
 
@@ -59,7 +71,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         data = {k: v for k, v in data.items() if k != "format_version"}
-        for key in ("embedding_parts", "failure_parts", "runs", "label_sets"):
+        for key in ("embedding_parts", "failure_parts", "tombstone_parts", "runs", "label_sets"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
 
@@ -84,7 +96,11 @@ class Store:
             return [vectors_path(self.root / p) for p in manifest.embedding_parts]
         if kind == "predictions":
             return [self.root / p for entry in manifest.label_sets for p in entry["parts"]]
-        parts = {"embeddings": manifest.embedding_parts, "failures": manifest.failure_parts}
+        parts = {
+            "embeddings": manifest.embedding_parts,
+            "failures": manifest.failure_parts,
+            "tombstones": manifest.tombstone_parts,
+        }
         return [self.root / p for p in parts[kind]]
 
     def label_set_entry(self, version: str) -> dict[str, Any] | None:
@@ -188,13 +204,18 @@ def _latest(root: Path) -> Manifest:
 def _remove_debris(store: Store) -> None:
     """Delete what a crashed run left: staged files and parts no manifest lists."""
     live = set(store.manifest.embedding_parts) | set(store.manifest.failure_parts)
+    live |= set(store.manifest.tombstone_parts)
     live |= {str(vectors_path(Path(p))) for p in store.manifest.embedding_parts}
     live |= {m.index for m in [store.manifest] if m.index}
     for entry in store.manifest.label_sets:
         live |= {*entry["parts"], entry["matrix"]}
-    shutil.rmtree(store.root / "staging", ignore_errors=True)
-    (store.root / "staging").mkdir(exist_ok=True)
-    for sub in ("embeddings", "failures", "index", "labelsets", "predictions"):
+    staging = store.root / "staging"
+    if not staging.is_dir() or any(staging.iterdir()):
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    for temp in [*store.root.glob(".*.tmp-*"), *(store.root / "manifests").glob(".*.tmp-*")]:
+        temp.unlink(missing_ok=True)
+    for sub in ("embeddings", "failures", "tombstones", "index", "labelsets", "predictions"):
         for path in sorted((store.root / sub).rglob("*")):
             relpath = path.relative_to(store.root).as_posix()
             if path.is_file() and relpath not in live and not _kept_index(store, sub, path):
@@ -222,6 +243,7 @@ def write_parquet_staged(store: Store, table: pa.Table, final_relpath: str) -> N
             )
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point("parquet")
     except OSError as exc:
         raise _write_error(staged, exc) from exc
 
@@ -238,13 +260,15 @@ def commit(store: Store, manifest: Manifest, staged: list[str], index_file: Path
             (store.root / relpath).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged_path(store, relpath), store.root / relpath)
             folders.add((store.root / relpath).parent)
+            faults.point("rename")
         if index_file is not None and manifest.index:
             os.replace(index_file, store.root / manifest.index)
             folders.add((store.root / manifest.index).parent)
         for folder in sorted(folders):
             fsync_dir(folder)
         name = store.root / "manifests" / f"{manifest.seq:012d}.json"
-        write_atomic(name, lambda f: f.write(_json_bytes(manifest.to_json())))
+        write_atomic(name, lambda f: f.write(_json_bytes(manifest.to_json())), "manifest")
+        faults.point("committed")
     except OSError as exc:
         raise _write_error(store.root, exc) from exc
     store.manifest = manifest
@@ -260,13 +284,14 @@ def next_manifest(store: Store, **changes: Any) -> Manifest:
     return replace(store.manifest, seq=store.manifest.seq + 1, **changes)
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], fault: str = "") -> None:
     """Temp file in the same folder, fsync, rename, fsync the folder."""
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(temp, "wb") as handle:
         write(handle)
         handle.flush()
         os.fsync(handle.fileno())
+    faults.point(fault)
     os.replace(temp, path)
     fsync_dir(path.parent)
 

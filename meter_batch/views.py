@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter_batch.errors import ConfigError, StoreError
-from meter_batch.schema import FAILURES_SCHEMA, embeddings_schema
+from meter_batch.schema import FAILURES_SCHEMA, TOMBSTONES_SCHEMA, embeddings_schema
 from meter_batch.score import predictions_schema
 from meter_batch.store import Store, fsync_dir
 
@@ -67,6 +67,7 @@ def _view_statements(store: Store) -> list[str]:
             store, "embeddings", embeddings_schema(store.identity.embed_dim)
         ),
         "failure_files": _file_list(store, "failures", FAILURES_SCHEMA),
+        "tombstone_files": _file_list(store, "tombstones", TOMBSTONES_SCHEMA),
         "prediction_files": _file_list(store, "predictions", _empty_predictions_schema()),
     }
     folder = resources.files("meter_batch.sql").joinpath("views")
@@ -103,6 +104,8 @@ def _create_tables(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     )
     con.register("runs_arrow", runs)
     con.register("label_sets_arrow", label_sets)
+    con.execute("CREATE TABLE catalog_info (manifest_seq BIGINT)")
+    con.execute("INSERT INTO catalog_info VALUES ($seq)", {"seq": store.manifest.seq})
     con.execute("CREATE TABLE runs AS SELECT * FROM runs_arrow")
     con.execute("CREATE TABLE label_sets AS SELECT * FROM label_sets_arrow")
     con.unregister("runs_arrow")
@@ -159,6 +162,20 @@ def _label_set_row(entry: dict[str, Any]) -> dict[str, Any]:
     row["created_at"] = _timestamp(entry["created_at"])
     row["logit_scale_setting"] = json.dumps(entry["logit_scale_setting"])
     return row
+
+
+def catalog_is_current(store: Store) -> bool:
+    """Does catalog.duckdb describe the newest manifest? (A crash between the manifest
+    commit and the catalog rebuild leaves it one commit behind.)"""
+    catalog = store.root / CATALOG
+    if not catalog.exists():
+        return False
+    try:
+        with duckdb.connect(str(catalog), read_only=True) as con:
+            seq = con.sql("SELECT manifest_seq FROM catalog_info").fetchall()
+    except duckdb.Error:
+        return False
+    return bool(seq) and seq[0][0] == store.manifest.seq
 
 
 def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) -> pa.Table:

@@ -12,8 +12,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from meter_batch import faults
 from meter_batch.errors import StoreError
-from meter_batch.schema import FAILURES_SCHEMA, embedding_type, embeddings_schema, readable_path
+from meter_batch.schema import (
+    FAILURES_SCHEMA,
+    TOMBSTONES_SCHEMA,
+    embedding_type,
+    embeddings_schema,
+    readable_path,
+)
 from meter_batch.store import Store, staged_path, write_parquet_staged
 from meter_batch.vectors import vectors_path, write_vectors
 
@@ -57,7 +64,7 @@ class RunWriter:
         self.schema = embeddings_schema(self.dim)
         self.staged: list[str] = []
         self.encoded = self.failed = 0
-        self._images, self._failures = _Buffer(), _Buffer()
+        self._images, self._failures, self._tombstones = _Buffer(), _Buffer(), _Buffer()
 
     def add_images(self, rows: ImageRows) -> np.ndarray:
         """Stage one batch; returns the image ids it was given."""
@@ -73,11 +80,18 @@ class RunWriter:
             self.failed += len(records)
             self._append(self._failures, self._failure_batch(records), "failures")
 
-    def finish(self) -> list[str]:
-        """Flush what is buffered; the staged parts' final relative paths."""
+    def add_tombstones(self, records: list[tuple[bytes, int | None, str]]) -> None:
+        """End rows: (relpath, image_id or None for a failure, reason)."""
+        if records:
+            self._append(self._tombstones, self._tombstone_batch(records), "tombstones")
+
+    def flush(self) -> list[str]:
+        """Write everything buffered; the parts staged since the last flush, for a commit."""
         self._flush(self._images, "embeddings", self.schema)
         self._flush(self._failures, "failures", FAILURES_SCHEMA)
-        return self.staged
+        self._flush(self._tombstones, "tombstones", TOMBSTONES_SCHEMA)
+        staged, self.staged = self.staged, []
+        return staged
 
     def _append(self, buffer: _Buffer, batch: pa.RecordBatch, kind: str) -> None:
         buffer.batches.append(batch)
@@ -113,6 +127,17 @@ class RunWriter:
         ]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
+    def _tombstone_batch(self, records: list[tuple[bytes, int | None, str]]) -> pa.RecordBatch:
+        paths = [readable_path(relpath) for relpath, _, _ in records]
+        columns = [
+            pa.array([image_id for _, image_id, _ in records], pa.int64()),
+            pa.array([p for p, _ in paths], pa.string()),
+            pa.array([raw for _, raw in paths], pa.binary()),
+            pa.array([reason for _, _, reason in records], pa.string()),
+            pa.array([self.run_id] * len(records), pa.string()),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=TOMBSTONES_SCHEMA)
+
     def _failure_batch(self, records: list[FailureRecord]) -> pa.RecordBatch:
         paths = [readable_path(r.relpath) for r in records]
         columns = [
@@ -142,6 +167,7 @@ def write_vectors_staged(store: Store, table: pa.Table, parquet_relpath: str) ->
     ids = table.column("image_id").to_numpy()
     try:
         write_vectors(staged_path(store, relpath), ids, embedding_matrix(table))
+        faults.point("vectors")
     except OSError as exc:
         raise StoreError(f"writing {relpath} failed: {exc.strerror or exc}") from exc
     return relpath

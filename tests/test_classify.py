@@ -151,11 +151,14 @@ def test_new_images_are_scored_on_the_next_classify(encoded, tmp_path, configs, 
     path = labels_toml(tmp_path)
     classify(store, path, interactive=False)
     Image.new("RGB", (80, 60), (200, 10, 10)).save(images / "late.png")
-    (images / "sub0").rename(images / "moved")  # re-encoded: encode is not incremental yet
+    (images / "sub0").rename(images / "moved")  # 5 files: deleted here, new there
     spec = ModelSpec(str(configs["vit"]), str(vit_checkpoint))
-    encode(EncodeConfig(images_dir=images, store=store, model=spec, workers=0), False)
-    assert classify(store, path, interactive=False).scored == 15
-    assert len(predictions(store)) == 29
+    summary = encode(EncodeConfig(images_dir=images, store=store, model=spec, workers=0), False)
+    assert (summary.encoded, summary.deleted, summary.skipped) == (6, 5, 9)
+    assert classify(store, path, interactive=False).scored == 6
+    assert len(predictions(store)) == 20
+    live = run_query(store, "SELECT count(*) FROM latest_predictions").column(0).to_pylist()
+    assert live == [15]
 
 
 def test_hostile_label_text_is_just_data(encoded, tmp_path):

@@ -126,11 +126,12 @@ def test_empty_folder_commits_an_empty_run(tmp_path, configs):
     assert load_index(store.path(store.manifest.index or "")).ntotal == 0
 
 
-def test_second_run_appends_with_new_ids(tmp_path, image_dir, configs):
+def test_second_run_over_the_same_files_encodes_nothing(tmp_path, image_dir, configs):
     images, _ = image_dir
     run(images, tmp_path / "store", configs["vit"], "none")
-    run(images, tmp_path / "store", configs["vit"], "none")
+    again = run(images, tmp_path / "store", configs["vit"], "none")
+    assert (again.scanned, again.encoded, again.skipped, again.commits) == (14, 0, 14, 0)
     ids = read_parts(tmp_path / "store", "embeddings").column("image_id").to_pylist()
-    assert sorted(ids) == list(range(28))
+    assert sorted(ids) == list(range(14))
     store = open_store(tmp_path / "store")
-    assert load_index(store.path(store.manifest.index or "")).ntotal == 28
+    assert load_index(store.path(store.manifest.index or "")).ntotal == 14

@@ -1,5 +1,5 @@
--- images: one row per committed, live image; `embedding` is FLOAT[D] so
--- array_cosine_similarity / array_inner_product work on it directly.
+-- images: one row per committed, live image (not deleted, not superseded); `embedding`
+-- is FLOAT[D] so array_cosine_similarity / array_inner_product work on it directly.
 CREATE OR REPLACE VIEW images AS
 SELECT
     image_id,
@@ -13,4 +13,5 @@ SELECT
     content_hash,
     run_id,
     CAST(embedding AS FLOAT[{{dim}}]) AS embedding
-FROM read_parquet({{embedding_files}});
+FROM read_parquet({{embedding_files}})
+WHERE image_id NOT IN (SELECT image_id FROM tombstones WHERE image_id IS NOT NULL);

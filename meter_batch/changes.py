@@ -1,0 +1,249 @@
+"""What a run must do: compare the walk with what the store already holds.
+
+A file is unchanged when its path, size and mtime match a live row (or a recorded
+failure): it is skipped. A file whose size or mtime differ is hashed; the same content
+under a new mtime is *touched* (its embedding is carried over, no decoding), other
+content is *changed* (encoded again under a new image_id; the old row is superseded).
+Known files the walk did not see are *deleted* — except below a folder the walk could
+not read, and never all of them at once (an unmounted share looks empty).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from meter_batch.errors import InputError
+from meter_batch.scan import WorkList
+from meter_batch.schema import CONTENT_HASH_BYTES
+from meter_batch.store import Store
+
+
+@dataclass(frozen=True)
+class Known:
+    image_id: int | None  # None: the file is known as a failure
+    size: int
+    mtime_ns: int
+    content_hash: bytes | None
+
+
+@dataclass
+class Plan:
+    encode: list[int] = field(default_factory=list)  # work positions to decode + encode
+    supersedes: dict[int, int] = field(default_factory=dict)  # work position -> old image_id
+    touched: dict[int, int] = field(default_factory=dict)  # work position -> old image_id
+    deleted: list[tuple[bytes, int | None]] = field(default_factory=list)  # (relpath, id)
+    skipped: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.encode or self.touched or self.deleted)
+
+
+def store_path(prefix: bytes, relpath: bytes) -> bytes:
+    return prefix + relpath
+
+
+def tombstoned_ids(store: Store) -> set[int]:
+    ids: set[int] = set()
+    for path in store.live_paths("tombstones"):
+        column = pq.read_table(path, columns=["image_id"]).column("image_id")
+        ids.update(i for i in column.to_pylist() if i is not None)
+    return ids
+
+
+def _standing_failures(store: Store, prefix: bytes) -> dict[bytes, Known]:
+    """Failed files not since encoded or deleted (few: kept as a dict)."""
+    known: dict[bytes, Known] = {}
+    for path in store.live_paths("failures"):
+        table = pq.read_table(path, columns=["path", "path_bytes", "size", "mtime_ns"])
+        for raw, size, mtime in zip(
+            _raw_paths(table), *_columns(table, "size", "mtime_ns"), strict=True
+        ):
+            if size is not None and raw.startswith(prefix):
+                known[raw[len(prefix) :]] = Known(None, size, mtime, None)
+    for raw in _cleared_failure_paths(store):
+        known.pop(raw[len(prefix) :] if raw.startswith(prefix) else raw, None)
+    return known
+
+
+def _live_table(store: Store, prefix: bytes) -> pa.Table:
+    """Live rows under ``prefix`` as Arrow columns: path (bytes below the prefix), image_id,
+    size, mtime_ns, content_hash. Built and compared without a Python loop per file."""
+    dead = pa.array(sorted(tombstoned_ids(store)), pa.int64())
+    tables = []
+    columns = ["image_id", "path", "path_bytes", "size", "mtime_ns", "content_hash"]
+    for path in store.live_paths("embeddings"):
+        table = pq.read_table(path, columns=columns)
+        raw = pc.coalesce(table.column("path_bytes"), pc.cast(table.column("path"), pa.binary()))
+        table = table.drop_columns(["path", "path_bytes"]).append_column("path", raw)
+        if len(dead):
+            table = table.filter(pc.invert(pc.is_in(table.column("image_id"), value_set=dead)))
+        if prefix:
+            table = table.filter(
+                pc.starts_with(
+                    pc.cast(table.column("path"), pa.string()),
+                    prefix.decode("utf-8", "surrogateescape"),
+                )
+            )
+            stripped = pc.binary_slice(table.column("path"), len(prefix), 1 << 30)
+            table = table.set_column(table.schema.get_field_index("path"), "path", stripped)
+        tables.append(table)
+    if not tables:
+        return pa.table({name: pa.array([], kind) for name, kind in _LIVE_TYPES})
+    return pa.concat_tables(tables)
+
+
+_LIVE_TYPES = [
+    ("image_id", pa.int64()),
+    ("size", pa.int64()),
+    ("mtime_ns", pa.int64()),
+    ("content_hash", pa.binary(CONTENT_HASH_BYTES)),
+    ("path", pa.binary()),
+]
+
+
+def _columns(table: pa.Table, *names: str) -> list[list[object]]:
+    return [table.column(name).to_pylist() for name in names]
+
+
+def _raw_paths(table: pa.Table) -> list[bytes]:
+    """File-name bytes of each row: `path_bytes` where set, else `path` as UTF-8."""
+    texts = table.column("path").to_pylist()
+    raws = table.column("path_bytes").to_pylist()
+    return [
+        raw if raw is not None else text.encode("utf-8")
+        for text, raw in zip(texts, raws, strict=True)
+    ]
+
+
+def _cleared_failure_paths(store: Store) -> set[bytes]:
+    cleared: set[bytes] = set()
+    for path in store.live_paths("tombstones"):
+        table = pq.read_table(path, columns=["image_id", "path", "path_bytes"])
+        ids = table.column("image_id").to_pylist()
+        cleared.update(raw for raw, i in zip(_raw_paths(table), ids, strict=True) if i is None)
+    return cleared
+
+
+def plan_changes(root: Path, work: WorkList, store: Store, prefix: bytes) -> Plan:
+    """Join the walk with the live rows in Arrow; only files that are new, changed or gone
+    reach Python, so a no-change run over millions of files stays close to the walk."""
+    plan = Plan()
+    live = _live_table(store, prefix)
+    walked = pa.table(
+        {
+            "path": work.paths,
+            "position": pa.array(np.arange(len(work), dtype=np.int64)),
+            "walk_size": pa.array(work.sizes),
+            "walk_mtime": pa.array(work.mtimes_ns),
+        }
+    )
+    joined = walked.join(live, keys="path", join_type="left outer")
+    same = pc.and_(
+        pc.equal(joined.column("walk_size"), joined.column("size")),
+        pc.equal(joined.column("walk_mtime"), joined.column("mtime_ns")),
+    )
+    plan.skipped = int(pc.sum(pc.fill_null(same, False)).as_py() or 0)
+    rest = joined.filter(pc.invert(pc.fill_null(same, False)))
+    failures = _standing_failures(store, prefix)
+    restat: list[int] = []
+    known: dict[bytes, Known] = dict(failures)
+    values = _columns(rest, "path", "position", "image_id", "size", "mtime_ns", "content_hash")
+    for relpath, position, image_id, size, mtime, digest in zip(*values, strict=True):
+        failed = failures.get(relpath)
+        if image_id is not None:
+            known[relpath] = Known(image_id, size, mtime, digest)
+            restat.append(position)
+        elif failed is not None and (failed.size, failed.mtime_ns) == (
+            work.sizes[position],
+            work.mtimes_ns[position],
+        ):
+            plan.skipped += 1  # a failed file that has not changed is not retried
+        else:
+            plan.encode.append(position)
+    _sort_restat(root, work, known, restat, plan)
+    plan.deleted = _deleted(work, live, failures)
+    plan.encode.sort()
+    return plan
+
+
+def _sort_restat(
+    root: Path, work: WorkList, known: dict[bytes, Known], positions: list[int], plan: Plan
+) -> None:
+    """Changed size/mtime: same content is a touch, other content a change."""
+    folder = os.fsencode(root)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        hashes = pool.map(lambda p: _hash_file(os.path.join(folder, work.relpath(p))), positions)
+        for position, digest in zip(positions, hashes, strict=True):
+            old = known[work.relpath(position)]
+            assert old.image_id is not None
+            if digest is not None and digest == old.content_hash:
+                plan.touched[position] = old.image_id
+            else:
+                plan.encode.append(position)
+                plan.supersedes[position] = old.image_id
+
+
+def _hash_file(path: bytes) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(
+                handle, lambda: hashlib.blake2b(digest_size=CONTENT_HASH_BYTES)
+            ).digest()
+    except OSError:
+        return None  # it will fail again when decoded, and be recorded there
+
+
+def _deleted(
+    work: WorkList, live: pa.Table, failures: dict[bytes, Known]
+) -> list[tuple[bytes, int | None]]:
+    if any(f.relpath == b"." for f in work.failures):
+        return []  # the root itself could not be listed: nothing can be called deleted
+    unreadable = tuple(f.relpath.rstrip(b"/") + b"/" for f in work.failures)
+    gone_rows = live.filter(pc.invert(pc.is_in(live.column("path"), value_set=work.paths)))
+    gone: list[tuple[bytes, int | None]] = list(
+        zip(
+            gone_rows.column("path").to_pylist(),
+            gone_rows.column("image_id").to_pylist(),
+            strict=True,
+        )
+    )
+    walked = set(work.paths.to_pylist()) if failures else set()
+    gone += [(relpath, None) for relpath in failures if relpath not in walked]
+    gone = [(p, i) for p, i in gone if not (unreadable and p.startswith(unreadable))]
+    if live.num_rows and not len(work) and len(gone) >= live.num_rows:
+        raise InputError(
+            f"the images directory holds no images, but the store has {live.num_rows}: "
+            f"refusing to mark them all deleted (is the share mounted?)"
+        )
+    return sorted(gone, key=lambda item: item[0])
+
+
+def fetch_rows(store: Store, ids: list[int]) -> dict[int, dict[str, object]]:
+    """width, height and embedding of stored rows, by image_id (for touched files)."""
+    if not ids:
+        return {}
+    found: dict[int, dict[str, object]] = {}
+    columns = ["image_id", "width", "height", "embedding"]
+    for path in store.live_paths("embeddings"):
+        table = pq.read_table(path, columns=columns, filters=[("image_id", "in", ids)])
+        matrix = _matrix(table)
+        for i, row in enumerate(table.select(["image_id", "width", "height"]).to_pylist()):
+            found[row["image_id"]] = {**row, "embedding": matrix[i]}
+    return found
+
+
+def _matrix(table: pa.Table) -> np.ndarray:
+    column = table.column("embedding").combine_chunks()
+    size = column.type.list_size
+    values = column.values.to_numpy(zero_copy_only=False)
+    return values.reshape(-1, size) if len(values) else np.zeros((0, size), np.float16)

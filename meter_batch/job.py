@@ -1,0 +1,161 @@
+"""Nightly jobs: one TOML file names the roots, the store, the model and the label sets;
+`run_job` runs encode (each root) -> classify (each label set) -> catalog refresh,
+logs to a file, and returns an exit code cron can alert on."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meter_batch.config import (
+    DEVICES,
+    PRECISIONS,
+    EncodeConfig,
+    ModelSpec,
+    _check_choice,
+    _check_positive,
+    default_workers,
+    from_mapping,
+    read_toml,
+)
+from meter_batch.errors import ConfigError, MeterBatchError
+
+log = logging.getLogger("meter_batch")
+_JOB_KEYS = ("store", "log_file", "model", "encode", "roots", "classify")
+
+
+@dataclass(frozen=True)
+class Root:
+    path: Path
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    batch_size: int = 64
+    workers: int = field(default_factory=default_workers)
+    device: str = "auto"
+    precision: str = "auto"
+    commit_every: int = 10_000
+
+    def __post_init__(self) -> None:
+        _check_positive("encode.batch_size", self.batch_size)
+        _check_positive("encode.workers", self.workers, minimum=0)
+        _check_positive("encode.commit_every", self.commit_every)
+        _check_choice("encode.device", self.device, DEVICES)
+        _check_choice("encode.precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class ClassifySettings:
+    label_sets: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    store: Path
+    model: ModelSpec
+    roots: tuple[Root, ...]
+    encode: EncodeSettings = field(default_factory=EncodeSettings)
+    classify: ClassifySettings = field(default_factory=ClassifySettings)
+    log_file: Path | None = None
+
+    def encode_configs(self) -> list[EncodeConfig]:
+        settings = self.encode
+        return [
+            EncodeConfig(
+                images_dir=root.path,
+                store=self.store,
+                model=self.model,
+                batch_size=settings.batch_size,
+                workers=settings.workers,
+                device=settings.device,
+                precision=settings.precision,
+                commit_every=settings.commit_every,
+                path_prefix=root.prefix,
+            )
+            for root in self.roots
+        ]
+
+
+def load_job(path: Path) -> Job:
+    data = read_toml(path)
+    unknown = sorted(set(data) - set(_JOB_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_JOB_KEYS)}"
+        )
+    base = path.resolve().parent
+    for key in ("store", "model", "roots"):
+        if key not in data:
+            raise ConfigError(f"{path}: missing '{key}'")
+    roots = _roots(data["roots"], base, str(path))
+    label_sets = from_mapping(ClassifySettings, data.get("classify", {}), f"{path}: classify")
+    return Job(
+        store=_relative(base, data["store"]),
+        model=from_mapping(ModelSpec, data["model"], f"{path}: model"),
+        roots=roots,
+        encode=from_mapping(EncodeSettings, data.get("encode", {}), f"{path}: encode"),
+        classify=ClassifySettings(tuple(_relative(base, str(p)) for p in label_sets.label_sets)),
+        log_file=_relative(base, data["log_file"]) if "log_file" in data else None,
+    )
+
+
+def _roots(raw: Any, base: Path, where: str) -> tuple[Root, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: roots must be a list of [[roots]] tables with a path")
+    roots = tuple(from_mapping(Root, item, f"{where}: roots") for item in raw)
+    roots = tuple(Root(_relative(base, str(r.path)), r.prefix) for r in roots)
+    prefixes = [r.prefix for r in roots]
+    if len(roots) > 1 and (not all(prefixes) or len(set(prefixes)) != len(prefixes)):
+        raise ConfigError(
+            f"{where}: with several roots, each needs its own prefix (e.g. 'site-a/')"
+        )
+    return roots
+
+
+def _relative(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def run_job(path: Path) -> int:
+    """Run a job file; returns the exit code (0, or the first failing step's)."""
+    handler: logging.Handler | None = None
+    try:
+        job = load_job(path)
+        if job.log_file is not None:
+            job.log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(job.log_file, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+        return _run_steps(job, path)
+    except MeterBatchError as exc:
+        log.error("job %s failed: %s", path, exc)
+        return exc.exit_code
+    except Exception:
+        log.exception("job %s failed with an internal error", path)
+        raise
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _run_steps(job: Job, path: Path) -> int:
+    from meter_batch.pipeline import classify, encode
+
+    log.info("job %s: start", path)
+    for config in job.encode_configs():
+        summary = encode(config, interactive=False)
+        log.info("encode %s: %s", config.images_dir, json.dumps(summary.to_json()))
+        print(json.dumps({"step": "encode", **summary.to_json()}), flush=True)
+    for labels in job.classify.label_sets:
+        result = classify(job.store, labels, job.model, interactive=False)
+        log.info("classify %s: %s", labels, json.dumps(result.to_json(), ensure_ascii=False))
+        print(json.dumps({"step": "classify", **result.to_json()}, ensure_ascii=False), flush=True)
+    log.info("job %s: done", path)
+    return 0
