@@ -33,7 +33,7 @@ _WRITE_BATCH = 65_536
 
 
 def synthetic_identity(dim: int) -> ModelIdentity:
-    return ModelIdentity("synthetic", "-", "none", None, 0, False, {}, dim)
+    return ModelIdentity("synthetic", "-", "none", None, 0, False, {}, dim)  # default pixel policy
 
 
 def build_synthetic_store(root: Path, rows: int, dim: int, seed: int = 0) -> None:
@@ -61,6 +61,7 @@ def _fake_rows(start: int, count: int, vectors: np.ndarray) -> ImageRows:
         mtimes_ns=np.full(count, 1_700_000_000 * 10**9, dtype=np.int64),
         widths=[640] * count,
         heights=[480] * count,
+        frames=[1] * count,
         hashes=[b"\0" * 16] * count,
         embeddings=vectors,
     )
@@ -260,6 +261,7 @@ def _store_for_tree(images: Path, root: Path) -> None:
                     mtimes_ns=work.mtimes_ns[positions],
                     widths=rows.widths,
                     heights=rows.heights,
+                    frames=rows.frames,
                     hashes=rows.hashes,
                     embeddings=rows.embeddings,
                 )

@@ -25,6 +25,7 @@ from meter_batch.errors import InputError
 from meter_batch.scan import WorkList
 from meter_batch.schema import CONTENT_HASH_BYTES
 from meter_batch.store import Store
+from meter_batch.write import embedding_matrix
 
 
 @dataclass(frozen=True)
@@ -39,17 +40,15 @@ class Known:
 class Plan:
     encode: list[int] = field(default_factory=list)  # work positions to decode + encode
     supersedes: dict[int, int] = field(default_factory=dict)  # work position -> old image_id
-    touched: dict[int, int] = field(default_factory=dict)  # work position -> old image_id
+    touched: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # pos -> (old id, hash)
     deleted: list[tuple[bytes, int | None]] = field(default_factory=list)  # (relpath, id)
+    cleared: list[bytes] = field(default_factory=list)  # standing failures that are over
+    standing: dict[bytes, Standing] = field(default_factory=dict)
     skipped: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.encode or self.touched or self.deleted)
-
-
-def store_path(prefix: bytes, relpath: bytes) -> bytes:
-    return prefix + relpath
+        return not (self.encode or self.touched or self.deleted or self.cleared)
 
 
 def tombstoned_ids(store: Store) -> set[int]:
@@ -60,19 +59,31 @@ def tombstoned_ids(store: Store) -> set[int]:
     return ids
 
 
-def _standing_failures(store: Store, prefix: bytes) -> dict[bytes, Known]:
-    """Failed files not since encoded or deleted (few: kept as a dict)."""
-    known: dict[bytes, Known] = {}
+@dataclass(frozen=True)
+class Standing:
+    """A failure that still stands: its file's stat (None for an unreadable folder)."""
+
+    size: int | None
+    mtime_ns: int | None
+    run_id: str
+
+
+def standing_failures(store: Store, prefix: bytes) -> dict[bytes, Standing]:
+    """The latest failure of each path under ``prefix`` that no later tombstone cleared."""
+    latest: dict[bytes, Standing] = {}
     for path in store.live_paths("failures"):
-        table = pq.read_table(path, columns=["path", "path_bytes", "size", "mtime_ns"])
-        for raw, size, mtime in zip(
-            _raw_paths(table), *_columns(table, "size", "mtime_ns"), strict=True
-        ):
-            if size is not None and raw.startswith(prefix):
-                known[raw[len(prefix) :]] = Known(None, size, mtime, None)
-    for raw in _cleared_failure_paths(store):
-        known.pop(raw[len(prefix) :] if raw.startswith(prefix) else raw, None)
-    return known
+        table = pq.read_table(path, columns=["path", "path_bytes", "size", "mtime_ns", "run_id"])
+        values = _columns(table, "size", "mtime_ns", "run_id")
+        for raw, size, mtime, run_id in zip(_raw_paths(table), *values, strict=True):
+            old = latest.get(raw)
+            if old is None or str(run_id) >= old.run_id:
+                latest[raw] = Standing(size, mtime, str(run_id))
+    cleared = _cleared_failure_paths(store)
+    return {
+        raw[len(prefix) :]: standing
+        for raw, standing in latest.items()
+        if raw.startswith(prefix) and cleared.get(raw, "") < standing.run_id
+    }
 
 
 def _live_table(store: Store, prefix: bytes) -> pa.Table:
@@ -125,12 +136,15 @@ def _raw_paths(table: pa.Table) -> list[bytes]:
     ]
 
 
-def _cleared_failure_paths(store: Store) -> set[bytes]:
-    cleared: set[bytes] = set()
+def _cleared_failure_paths(store: Store) -> dict[bytes, str]:
+    """Path -> run_id of the latest tombstone that ended a failure of that path."""
+    cleared: dict[bytes, str] = {}
     for path in store.live_paths("tombstones"):
-        table = pq.read_table(path, columns=["image_id", "path", "path_bytes"])
-        ids = table.column("image_id").to_pylist()
-        cleared.update(raw for raw, i in zip(_raw_paths(table), ids, strict=True) if i is None)
+        table = pq.read_table(path, columns=["image_id", "path", "path_bytes", "run_id"])
+        values = _columns(table, "image_id", "run_id")
+        for raw, image_id, run_id in zip(_raw_paths(table), *values, strict=True):
+            if image_id is None and str(run_id) > cleared.get(raw, ""):
+                cleared[raw] = str(run_id)
     return cleared
 
 
@@ -154,9 +168,9 @@ def plan_changes(root: Path, work: WorkList, store: Store, prefix: bytes) -> Pla
     )
     plan.skipped = int(pc.sum(pc.fill_null(same, False)).as_py() or 0)
     rest = joined.filter(pc.invert(pc.fill_null(same, False)))
-    failures = _standing_failures(store, prefix)
+    failures = standing_failures(store, prefix)
     restat: list[int] = []
-    known: dict[bytes, Known] = dict(failures)
+    known: dict[bytes, Known] = {}
     values = _columns(rest, "path", "position", "image_id", "size", "mtime_ns", "content_hash")
     for relpath, position, image_id, size, mtime, digest in zip(*values, strict=True):
         failed = failures.get(relpath)
@@ -172,6 +186,8 @@ def plan_changes(root: Path, work: WorkList, store: Store, prefix: bytes) -> Pla
             plan.encode.append(position)
     _sort_restat(root, work, known, restat, plan)
     plan.deleted = _deleted(work, live, failures)
+    plan.cleared = _cleared(work, failures)
+    plan.standing = failures
     plan.encode.sort()
     return plan
 
@@ -187,7 +203,7 @@ def _sort_restat(
             old = known[work.relpath(position)]
             assert old.image_id is not None
             if digest is not None and digest == old.content_hash:
-                plan.touched[position] = old.image_id
+                plan.touched[position] = (old.image_id, digest)
             else:
                 plan.encode.append(position)
                 plan.supersedes[position] = old.image_id
@@ -204,22 +220,18 @@ def _hash_file(path: bytes) -> bytes | None:
 
 
 def _deleted(
-    work: WorkList, live: pa.Table, failures: dict[bytes, Known]
+    work: WorkList, live: pa.Table, failures: dict[bytes, Standing]
 ) -> list[tuple[bytes, int | None]]:
+    """Live images the walk did not find (standing failures are `_cleared`'s)."""
     if any(f.relpath == b"." for f in work.failures):
         return []  # the root itself could not be listed: nothing can be called deleted
     unreadable = tuple(f.relpath.rstrip(b"/") + b"/" for f in work.failures)
     gone_rows = live.filter(pc.invert(pc.is_in(live.column("path"), value_set=work.paths)))
-    gone: list[tuple[bytes, int | None]] = list(
-        zip(
-            gone_rows.column("path").to_pylist(),
-            gone_rows.column("image_id").to_pylist(),
-            strict=True,
-        )
-    )
-    walked = set(work.paths.to_pylist()) if failures else set()
-    gone += [(relpath, None) for relpath in failures if relpath not in walked]
-    gone = [(p, i) for p, i in gone if not (unreadable and p.startswith(unreadable))]
+    gone = [
+        (relpath, image_id)
+        for relpath, image_id in zip(*_columns(gone_rows, "path", "image_id"), strict=True)
+        if not (unreadable and relpath.startswith(unreadable))
+    ]
     if live.num_rows and not len(work) and len(gone) >= live.num_rows:
         raise InputError(
             f"the images directory holds no images, but the store has {live.num_rows}: "
@@ -228,22 +240,33 @@ def _deleted(
     return sorted(gone, key=lambda item: item[0])
 
 
+def _cleared(work: WorkList, failures: dict[bytes, Standing]) -> list[bytes]:
+    """Standing failures that are over: the file is gone, or the folder reads again."""
+    if not failures or any(f.relpath == b"." for f in work.failures):
+        return []
+    walked = set(work.paths.to_pylist())
+    failing_now = {f.relpath for f in work.failures}
+    unreadable = tuple(p.rstrip(b"/") + b"/" for p in failing_now)
+    over = []
+    for relpath, standing in failures.items():
+        if relpath in failing_now or (unreadable and relpath.startswith(unreadable)):
+            continue
+        if standing.size is None or relpath not in walked:
+            over.append(relpath)
+    return sorted(over)
+
+
 def fetch_rows(store: Store, ids: list[int]) -> dict[int, dict[str, object]]:
     """width, height and embedding of stored rows, by image_id (for touched files)."""
     if not ids:
         return {}
     found: dict[int, dict[str, object]] = {}
-    columns = ["image_id", "width", "height", "embedding"]
+    columns = ["image_id", "width", "height", "frames", "embedding"]
     for path in store.live_paths("embeddings"):
         table = pq.read_table(path, columns=columns, filters=[("image_id", "in", ids)])
-        matrix = _matrix(table)
-        for i, row in enumerate(table.select(["image_id", "width", "height"]).to_pylist()):
+        matrix = embedding_matrix(table)
+        for i, row in enumerate(
+            table.select(["image_id", "width", "height", "frames"]).to_pylist()
+        ):
             found[row["image_id"]] = {**row, "embedding": matrix[i]}
     return found
-
-
-def _matrix(table: pa.Table) -> np.ndarray:
-    column = table.column("embedding").combine_chunks()
-    size = column.type.list_size
-    values = column.values.to_numpy(zero_copy_only=False)
-    return values.reshape(-1, size) if len(values) else np.zeros((0, size), np.float16)

@@ -100,6 +100,18 @@ def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="store paths as PREFIX + path below IMAGES_DIR (several roots in one store: "
         "give each its own, e.g. site-a/)",
     )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=100_000_000,
+        help="larger images (by their header) are failures of kind too_large (default: 1e8)",
+    )
+    parser.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=60.0,
+        help="seconds one file may take to decode before it is recorded as hung (default: 60)",
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: auto")
     parser.add_argument(
         "--precision",
@@ -123,6 +135,8 @@ def _run_encode(args: argparse.Namespace) -> int:
         precision=args.precision,
         commit_every=args.commit_every,
         path_prefix=args.prefix,
+        max_pixels=args.max_pixels,
+        decode_timeout=args.decode_timeout,
     )
     summary = encode(config)
     print(json.dumps(summary.to_json()))
@@ -232,17 +246,8 @@ def _parse_params(pairs: list[str]) -> dict[str, object]:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise ConfigError(f"--param needs NAME=VALUE; got {pair!r}")
-        params[name] = _typed(value)
+        params[name] = value  # always text: SQL casts where it needs a number
     return params
-
-
-def _typed(value: str) -> object:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 def _print_table(table: Any, fmt: str, out: Path | None) -> None:
@@ -250,15 +255,33 @@ def _print_table(table: Any, fmt: str, out: Path | None) -> None:
     import pyarrow.parquet
 
     if out is not None:
+        if not out.parent.is_dir():
+            raise ConfigError(f"--out: folder {out.parent} does not exist")
         pyarrow.parquet.write_table(table, out)
         print(json.dumps({"rows": table.num_rows, "out": str(out)}))
     elif fmt == "csv":
-        pyarrow.csv.write_csv(table, sys.stdout.buffer)
+        pyarrow.csv.write_csv(_flat_for_csv(table), sys.stdout.buffer)
     elif fmt == "json":
         for row in table.to_pylist():
             print(json.dumps(row, ensure_ascii=False, default=str))
     else:
         print(_format_table(table))
+
+
+def _flat_for_csv(table: Any) -> Any:
+    """CSV has no lists or binary: such columns are written as JSON text."""
+    import pyarrow as pa
+
+    for index, column in enumerate(table.columns):
+        kind = column.type
+        if (
+            pa.types.is_nested(kind)
+            or pa.types.is_binary(kind)
+            or pa.types.is_fixed_size_binary(kind)
+        ):
+            text = [json.dumps(v, default=lambda b: b.hex()) for v in column.to_pylist()]
+            table = table.set_column(index, table.field(index).name, pa.array(text, pa.string()))
+    return table
 
 
 def _format_table(table: Any, max_rows: int = 200) -> str:

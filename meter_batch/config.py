@@ -74,8 +74,15 @@ class EncodeConfig:
     part_rows: int = 50_000
     commit_every: int = 10_000
     path_prefix: str = ""
+    max_pixels: int = 100_000_000
+    decode_timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        _check_positive("max_pixels", self.max_pixels)
+        if not isinstance(self.decode_timeout, int | float) or self.decode_timeout <= 0:
+            raise ConfigError(
+                f"decode_timeout must be a positive number; got {self.decode_timeout!r}"
+            )
         _check_positive("batch_size", self.batch_size)
         _check_positive("commit_every", self.commit_every)
         _check_prefix(self.path_prefix)

@@ -22,7 +22,9 @@ import torch
 from PIL import Image, ImageFile
 from torchvision import transforms as T
 
+from meter_batch import faults
 from meter_batch.errors import ModelError
+from meter_batch.pixels import frame_count, normalize_image
 from meter_batch.scan import WorkList
 from meter_batch.schema import CONTENT_HASH_BYTES
 
@@ -64,6 +66,9 @@ class Decoded:
     pixels: np.ndarray | None = None
     width: int = 0
     height: int = 0
+    frames: int = 1
+    size: int = 0  # as read (fstat), which may be newer than the scan's
+    mtime_ns: int = 0
     content_hash: bytes = b""
     kind: str | None = None
     message: str = ""
@@ -76,10 +81,24 @@ def configure_decoder_process(in_worker: bool = True) -> None:
     user's global PIL and torch settings stay theirs.
     """
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files must fail, not embed grey
+    register_optional_decoders()
     if in_worker:
         Image.MAX_IMAGE_PIXELS = None  # our own cap (decode_file) runs first, from the header
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         torch.set_num_threads(1)
+
+
+_optional = {"heif": False}
+
+
+def register_optional_decoders() -> None:
+    """HEIC/HEIF through pillow-heif when the `heic` extra is installed (AVIF: Pillow)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+    _optional["heif"] = True
 
 
 def worker_init(worker_id: int) -> None:
@@ -88,22 +107,41 @@ def worker_init(worker_id: int) -> None:
 
 def decode_file(path: bytes, index: int, pixel_fn: PixelFn, max_pixels: int) -> Decoded:
     """Decode one file; every problem becomes a failure kind."""
+    faults.decode_hook(path)
+    result = Decoded(index)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = _read_stable(path, result)
     except FileNotFoundError as exc:
         return Decoded(index, kind="vanished", message=exc.strerror or str(exc))
     except PermissionError as exc:
         return Decoded(index, kind="permission_denied", message=exc.strerror or str(exc))
     except OSError as exc:
         return Decoded(index, kind="decode_error", message=f"read failed: {exc}")
-    result = Decoded(index, content_hash=content_hash(data))
+    if data is None:
+        return result  # unstable: recorded by _read_stable
+    result.content_hash = content_hash(data)
     try:
         _decode_into(result, data, pixel_fn, max_pixels)
     except Exception as exc:
         result.pixels = None
         result.kind, result.message = classify_decode_error(exc, data)
     return result
+
+
+def _read_stable(path: bytes, result: Decoded) -> bytes | None:
+    """The file's bytes, or None (result marked `unstable`) if it changed while read."""
+    with open(path, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        data = handle.read()
+        after = os.fstat(handle.fileno())
+    result.size, result.mtime_ns = after.st_size, after.st_mtime_ns
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(
+        data
+    ) != after.st_size:
+        result.kind = "unstable"
+        result.message = f"changed while being read ({before.st_size} -> {after.st_size} bytes)"
+        return None
+    return data
 
 
 def _decode_into(result: Decoded, data: bytes, pixel_fn: PixelFn, max_pixels: int) -> None:
@@ -113,9 +151,14 @@ def _decode_into(result: Decoded, data: bytes, pixel_fn: PixelFn, max_pixels: in
             result.kind = "too_large"
             result.message = f"{image.width}x{image.height} exceeds the {max_pixels}-pixel cap"
             return
+        result.frames = frame_count(image)
+        image.seek(0)
         image.load()
-        pixels = pixel_fn(image)
+        pixels = pixel_fn(normalize_image(image))
     result.pixels = np.asarray(pixels, dtype=np.uint8)
+
+
+_UNSUPPORTED_BRANDS = (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1", b"ftypavif")
 
 
 def classify_decode_error(exc: BaseException, data: bytes) -> tuple[str, str]:
@@ -123,12 +166,20 @@ def classify_decode_error(exc: BaseException, data: bytes) -> tuple[str, str]:
     if isinstance(exc, Image.UnidentifiedImageError):
         if not data:
             return "unidentified", "empty file (0 bytes)"
+        if data[4:12] in _UNSUPPORTED_BRANDS and not _optional["heif"]:
+            brand = data[8:12].decode("ascii", "replace")
+            return "unsupported_format", (
+                f"HEIF/AVIF image (brand {brand!r}) and no decoder for it: "
+                f"install the extra meter_batch[heic]"
+            )
         return "unidentified", f"not an image format Pillow can read (starts with {data[:16]!r})"
     if isinstance(exc, Image.DecompressionBombError):
         return "too_large", message
     lowered = message.lower()
+    if "decoder" in lowered and "not available" in lowered:
+        return "unsupported_format", message
     if isinstance(exc, (OSError, SyntaxError)) and (
-        "truncated" in lowered or "broken data stream" in lowered or "premature end" in lowered
+        "truncated" in lowered or "premature end" in lowered
     ):
         return "truncated", message
     return "decode_error", f"{type(exc).__name__}: {message}"
@@ -159,9 +210,7 @@ class DecodedBatch:
 
     indices: list[int]
     pixels: torch.Tensor
-    widths: list[int]
-    heights: list[int]
-    hashes: list[bytes]
+    good: list[Decoded]  # per success: sizes, frames, hash (pixels dropped)
     failures: list[Decoded] = field(default_factory=list)
 
     def pin_memory(self) -> DecodedBatch:  # called by DataLoader(pin_memory=True)
@@ -176,11 +225,11 @@ def collate_decoded(items: Sequence[Decoded]) -> DecodedBatch:
         if good
         else torch.empty((0, 0, 0, 3), dtype=torch.uint8)
     )
+    for item in good:
+        item.pixels = None  # stacked above; do not ship them twice
     return DecodedBatch(
         indices=[item.index for item in good],
         pixels=pixels,
-        widths=[item.width for item in good],
-        heights=[item.height for item in good],
-        hashes=[item.content_hash for item in good],
+        good=good,
         failures=[item for item in items if item.kind is not None],
     )

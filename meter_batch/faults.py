@@ -36,3 +36,14 @@ def point(name: str) -> None:
         target, _, seconds = pause.partition(":")
         if target == name:
             time.sleep(float(seconds or 1))
+
+
+def decode_hook(path: bytes) -> None:
+    """METER_BATCH_DECODE_HANG / _CRASH=<substring>: a decoder that hangs or segfaults on
+    files whose path contains the substring (for the worker-fault tests)."""
+    hang = os.environ.get("METER_BATCH_DECODE_HANG")
+    if hang and hang.encode() in path:
+        time.sleep(3600)
+    crash = os.environ.get("METER_BATCH_DECODE_CRASH")
+    if crash and crash.encode() in path:
+        os.kill(os.getpid(), signal.SIGSEGV)

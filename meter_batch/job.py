@@ -40,6 +40,8 @@ class EncodeSettings:
     device: str = "auto"
     precision: str = "auto"
     commit_every: int = 10_000
+    max_pixels: int = 100_000_000
+    decode_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         _check_positive("encode.batch_size", self.batch_size)
@@ -75,6 +77,8 @@ class Job:
                 device=settings.device,
                 precision=settings.precision,
                 commit_every=settings.commit_every,
+                max_pixels=settings.max_pixels,
+                decode_timeout=settings.decode_timeout,
                 path_prefix=root.prefix,
             )
             for root in self.roots
@@ -94,9 +98,16 @@ def load_job(path: Path) -> Job:
             raise ConfigError(f"{path}: missing '{key}'")
     roots = _roots(data["roots"], base, str(path))
     label_sets = from_mapping(ClassifySettings, data.get("classify", {}), f"{path}: classify")
+    if not isinstance(data["model"], dict) or "pretrained" not in data["model"]:
+        raise ConfigError(
+            f"{path}: [model] needs 'pretrained' (a checkpoint file, a tag, or 'none')"
+        )
+    model = from_mapping(ModelSpec, data["model"], f"{path}: model")
     return Job(
         store=_relative(base, data["store"]),
-        model=from_mapping(ModelSpec, data["model"], f"{path}: model"),
+        model=ModelSpec(
+            _maybe_path(base, model.name), _maybe_path(base, model.pretrained), model.seed
+        ),
         roots=roots,
         encode=from_mapping(EncodeSettings, data.get("encode", {}), f"{path}: encode"),
         classify=ClassifySettings(tuple(_relative(base, str(p)) for p in label_sets.label_sets)),
@@ -115,6 +126,19 @@ def _roots(raw: Any, base: Path, where: str) -> tuple[Root, ...]:
             f"{where}: with several roots, each needs its own prefix (e.g. 'site-a/')"
         )
     return roots
+
+
+def _maybe_path(base: Path, value: str) -> str:
+    """A model name or tag stays as it is; a relative file path is taken from the job's folder."""
+    candidate = base / Path(value).expanduser()
+    looks_like_path = "/" in value or Path(value).suffix in (
+        ".json",
+        ".pt",
+        ".bin",
+        ".safetensors",
+        ".pth",
+    )
+    return str(candidate) if looks_like_path and candidate.exists() else value
 
 
 def _relative(base: Path, value: str) -> Path:

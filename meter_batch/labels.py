@@ -148,7 +148,12 @@ def _parse_templates(raw: Any) -> tuple[str, ...]:
     if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
         raise ConfigError("templates must be a non-empty list of strings")
     for template in raw:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            raise ConfigError(
+                f"template {template!r}: {exc} (write literal braces as {{{{ }}}})"
+            ) from exc
         if fields != [""]:
             raise ConfigError(f"template {template!r} must contain exactly one '{{}}'")
     return tuple(raw)

@@ -29,6 +29,7 @@ from open_clip.model import (
 
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ModelError
+from meter_batch.pixels import PIXEL_POLICY
 
 NO_WEIGHTS = "none"
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
@@ -47,6 +48,7 @@ class ModelIdentity:
     quick_gelu: bool
     preprocess: dict[str, Any]
     embed_dim: int
+    pixel_policy: str = PIXEL_POLICY
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

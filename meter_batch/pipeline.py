@@ -17,22 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
-import torch
 
 from meter_batch import __version__, faults
 from meter_batch.changes import Plan, fetch_rows, plan_changes, tombstoned_ids
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.decode import (
-    DEFAULT_MAX_PIXELS,
-    DecodedBatch,
-    ImageFiles,
-    collate_decoded,
-    configure_decoder_process,
-    split_preprocess,
-    worker_init,
-)
+from meter_batch.decode import DecodedBatch, ImageFiles, split_preprocess
 from meter_batch.encode import DevicePlan, ImageEncoder, plan_device
-from meter_batch.errors import ConfigError, InputError, ModelMismatchError, StoreError
+from meter_batch.errors import ConfigError, InputError, ModelMismatchError
 from meter_batch.index import (
     add_embeddings,
     index_ids,
@@ -56,9 +47,11 @@ from meter_batch.store import (
     open_for_write,
     open_store,
     staged_path,
+    update_model_source,
 )
 from meter_batch.vectors import BATCH_ROWS, iter_vectors
 from meter_batch.views import catalog_is_current, refresh_catalog
+from meter_batch.workers import LoaderSettings, decoded_batches
 from meter_batch.write import (
     FailureRecord,
     ImageRows,
@@ -124,7 +117,10 @@ def _open_for_encode(config: EncodeConfig, lock: BinaryIO) -> tuple[Store, Loade
         if store.model_source == source:
             return store, None
     loaded = load_model(config.model)
-    return open_for_write(config.store, loaded.identity, source, lock), loaded
+    store = open_for_write(config.store, loaded.identity, source, lock)
+    if store.model_source != source:
+        update_model_source(store, source)  # same model, moved: remember where it is now
+    return store, loaded
 
 
 class _EncodeRun:
@@ -143,8 +139,13 @@ class _EncodeRun:
     def execute(self, loaded: LoadedModel, interactive: bool | None, started: float) -> None:
         device = plan_device(self.config.device, self.config.precision)
         index = reconcile_index(self.store, _open_index(self.store))
-        self.writer.add_failures(
-            [FailureRecord(self._stored(f.relpath), f.kind, f.message) for f in self.work.failures]
+        standing = self.changes.standing
+        self.writer.add_failures(  # unreadable folders: recorded once, not every night
+            [
+                FailureRecord(self._stored(f.relpath), f.kind, f.message)
+                for f in self.work.failures
+                if f.relpath not in standing or standing[f.relpath].size is not None
+            ]
         )
         self._carry_touched(index)
         with Progress(len(self.changes.encode), "encode", interactive) as progress:
@@ -188,9 +189,9 @@ class _EncodeRun:
     def _carry_touched(self, index: faiss.IndexIDMap2) -> None:
         """Same content under a new mtime: a new row with the old embedding, no decoding."""
         positions = sorted(self.changes.touched)
-        old_rows = fetch_rows(self.store, [self.changes.touched[p] for p in positions])
+        old_rows = fetch_rows(self.store, [self.changes.touched[p][0] for p in positions])
         for position in positions:
-            old_id = self.changes.touched[position]
+            old_id, digest = self.changes.touched[position]
             row = old_rows[old_id]
             embedding = np.asarray(row["embedding"], dtype=np.float16)[None, :]
             rows = ImageRows(
@@ -199,7 +200,8 @@ class _EncodeRun:
                 mtimes_ns=self.work.mtimes_ns[[position]],
                 widths=[int(row["width"])],  # type: ignore[call-overload]
                 heights=[int(row["height"])],  # type: ignore[call-overload]
-                hashes=[_hash_of(self.store, old_id)],
+                frames=[int(row["frames"])],  # type: ignore[call-overload]
+                hashes=[digest],
                 embeddings=embedding,
             )
             add_embeddings(index, self.writer.add_images(rows), embedding)
@@ -207,6 +209,7 @@ class _EncodeRun:
 
     def _delete(self, index: faiss.IndexIDMap2) -> None:
         records = [(self._stored(p), image_id, "deleted") for p, image_id in self.changes.deleted]
+        records += [(self._stored(p), None, "resolved") for p in self.changes.cleared]
         self.writer.add_tombstones(records)
         remove_ids(index, [image_id for _, image_id, _ in records if image_id is not None])
 
@@ -236,6 +239,7 @@ class _EncodeRun:
             "tombstone_parts": manifest.tombstone_parts + _of(staged, "tombstones/"),
             "index": index_relpath,
             "index_current": final,
+            "path_prefixes": tuple(sorted({*manifest.path_prefixes, self.config.path_prefix})),
         }
         if record is not None:
             changes["runs"] = (*manifest.runs, record)
@@ -262,16 +266,6 @@ class _EncodeRun:
 
 def _of(staged: list[str], folder: str) -> tuple[str, ...]:
     return tuple(p for p in staged if p.startswith(folder) and p.endswith(".parquet"))
-
-
-def _hash_of(store: Store, image_id: int) -> bytes:
-    for path in store.live_paths("embeddings"):
-        table = pq.read_table(
-            path, columns=["image_id", "content_hash"], filters=[("image_id", "=", image_id)]
-        )
-        if table.num_rows:
-            return bytes(table.column("content_hash")[0].as_py())
-    raise StoreError(f"image {image_id} is listed but missing from every part")
 
 
 def reconcile_index(store: Store, index: faiss.IndexIDMap2) -> faiss.IndexIDMap2:
@@ -341,37 +335,24 @@ def _encoded_batches(
     stage = split_preprocess(loaded.reference_preprocess)
     encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
     folder = os.fsencode(config.images_dir.resolve())
-    dataset = ImageFiles(folder, work, stage.transform, DEFAULT_MAX_PIXELS)
-    subset = torch.utils.data.Subset(dataset, positions)
-    for batch in _loader(subset, config, device):
+    dataset = ImageFiles(folder, work, stage.transform, config.max_pixels)
+    settings = LoaderSettings(
+        config.batch_size, config.workers, device.is_cuda, config.decode_timeout
+    )
+    for batch in decoded_batches(dataset, positions, settings):
         yield batch, (encoder(batch.pixels) if batch.indices else None)
 
 
-def _loader(dataset: Any, config: EncodeConfig, plan: DevicePlan) -> Any:
-    workers = config.workers
-    if workers == 0:
-        configure_decoder_process(in_worker=False)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_decoded,
-        pin_memory=plan.is_cuda,
-        worker_init_fn=worker_init if workers else None,
-        prefetch_factor=4 if workers else None,
-    )
-
-
 def _rows(work: WorkList, batch: DecodedBatch, embeddings: np.ndarray, prefix: bytes) -> ImageRows:
-    positions = np.asarray(batch.indices, dtype=np.int64)
+    good = batch.good
     return ImageRows(
         relpaths=[prefix + work.relpath(i) for i in batch.indices],
-        sizes=work.sizes[positions],
-        mtimes_ns=work.mtimes_ns[positions],
-        widths=batch.widths,
-        heights=batch.heights,
-        hashes=batch.hashes,
+        sizes=np.asarray([d.size for d in good], dtype=np.int64),  # as read, not as scanned
+        mtimes_ns=np.asarray([d.mtime_ns for d in good], dtype=np.int64),
+        widths=[d.width for d in good],
+        heights=[d.height for d in good],
+        frames=[d.frames for d in good],
+        hashes=[d.content_hash for d in good],
         embeddings=embeddings,
     )
 
@@ -449,7 +430,9 @@ def classify(
         abstained = 0
         todo = store.manifest.next_image_id - entry["scored_below_id"]
         with Progress(todo, "classify", interactive) as progress:
-            for batch in score_files(store.live_paths("vectors"), scorer, entry["scored_below_id"]):
+            files = store.live_paths("vectors")
+            dead = tombstoned_ids(store)
+            for batch in score_files(files, scorer, entry["scored_below_id"], dead):
                 writer.add(batch)
                 abstained += pc_sum(batch.column("abstained"))
                 progress.update(batch.num_rows)
@@ -529,6 +512,7 @@ def _commit_label_set(store: Store, entry: dict[str, Any], parts: list[str]) -> 
     updated = {k: v for k, v in entry.items() if k != "new"}
     updated["parts"] = [*entry["parts"], *parts]
     updated["scored_below_id"] = store.manifest.next_image_id
+    updated["classified_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
     others = [e for e in store.manifest.label_sets if e["version"] != entry["version"]]
     manifest = next_manifest(store, label_sets=(*others, updated))
     commit(store, manifest, staged, None)
@@ -547,7 +531,7 @@ def rebuild_index(store_root: Path) -> int:
         seq = store.manifest.seq + 1
         staged = store.path("staging") / f"{seq:012d}.faiss"
         save_index(index, staged)
-        manifest = next_manifest(store, index=f"index/{seq:012d}.faiss")
+        manifest = next_manifest(store, index=f"index/{seq:012d}.faiss", index_current=True)
         commit(store, manifest, [], staged)
         refresh_catalog(store)
         return int(index.ntotal)
@@ -556,9 +540,14 @@ def rebuild_index(store_root: Path) -> int:
 def _check_prefix_use(store: Store, prefix: str) -> None:
     """A store holds either one unprefixed root or only prefixed ones: an unprefixed
     root's walk would otherwise see every prefixed path as deleted."""
-    used = {run.get("path_prefix", "") for run in store.manifest.runs}
+    used = set(store.manifest.path_prefixes) | {
+        r.get("path_prefix", "") for r in store.manifest.runs
+    }
     if used and ((prefix == "" and used - {""}) or (prefix != "" and "" in used)):
         raise ConfigError(
             f"store {store.root} was encoded with path prefixes {sorted(used)}; "
             f"a store holds one unprefixed root or only prefixed roots"
         )
+    nested = [p for p in used if p != prefix and (p.startswith(prefix) or prefix.startswith(p))]
+    if prefix and nested:
+        raise ConfigError(f"path prefix {prefix!r} overlaps {nested[0]!r} already in {store.root}")

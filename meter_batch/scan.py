@@ -1,7 +1,7 @@
 """Walk an image directory: a deterministic, streaming list of candidate files.
 
 Policy (documented in the README):
-- extensions: jpg, jpeg, png, webp, bmp, tif, tiff, gif (any case);
+- extensions: jpg, jpeg, png, webp, bmp, tif, tiff, gif, heic, heif, avif (any case);
 - names starting with "." (hidden files and folders) are skipped;
 - symlinked files are followed; symlinked folders are not (no loops, no escapes);
 - order: depth-first, names sorted bytewise, so every run sees the same order;
@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
+)
 _EXTENSIONS_BYTES = tuple(ext.encode() for ext in IMAGE_EXTENSIONS)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: frames column, pixel policy in the model identity
 CONTENT_HASH_BYTES = 16
 
 # Columns every embeddings part holds; `embedding` is appended with the store's dimension.
@@ -18,6 +18,7 @@ _IMAGE_FIELDS = [
     pa.field("mtime_ns", pa.int64(), nullable=False),
     pa.field("width", pa.int32(), nullable=False),
     pa.field("height", pa.int32(), nullable=False),
+    pa.field("frames", pa.int32(), nullable=False),  # > 1: animated; the first frame is embedded
     pa.field("content_hash", pa.binary(CONTENT_HASH_BYTES), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
 ]

@@ -116,13 +116,17 @@ def _fixed_list(values: pa.Array, size: int) -> pa.FixedSizeListArray:
 
 
 def score_files(
-    files: Iterable[Path], scorer: Scorer, min_image_id: int = 0
+    files: Iterable[Path],
+    scorer: Scorer,
+    min_image_id: int = 0,
+    skip_ids: set[int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Predictions for every stored image with ``image_id >= min_image_id``.
 
     The arithmetic runs on one torch thread: on 2 cores, the other core is worth more to
     the prefetching reader and the Parquet writer (measured: 575-685k/s against 460-540k/s).
     """
+    skip = np.fromiter(skip_ids or (), dtype=np.int64)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -130,7 +134,11 @@ def score_files(
             if ids[-1] < min_image_id:
                 continue  # ids grow with every run: whole old batches need no scoring
             keep = ids >= min_image_id
+            if len(skip):  # deleted or superseded rows are not worth scoring
+                keep &= ~np.isin(ids, skip)
             if not keep.all():
+                if not keep.any():
+                    continue
                 ids, vectors = ids[keep], vectors[keep]
             yield scorer.score(ids, vectors)
     finally:

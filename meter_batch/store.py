@@ -62,6 +62,7 @@ class Manifest:
     tombstone_parts: tuple[str, ...] = ()
     index: str | None = None
     index_current: bool = True  # False between a run's intermediate commits and its last
+    path_prefixes: tuple[str, ...] = ()  # every prefix any commit used ("" = unprefixed)
     runs: tuple[dict[str, Any], ...] = ()
     label_sets: tuple[dict[str, Any], ...] = ()
 
@@ -71,7 +72,14 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         data = {k: v for k, v in data.items() if k != "format_version"}
-        for key in ("embedding_parts", "failure_parts", "tombstone_parts", "runs", "label_sets"):
+        for key in (
+            "embedding_parts",
+            "failure_parts",
+            "tombstone_parts",
+            "runs",
+            "label_sets",
+            "path_prefixes",
+        ):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
 
@@ -110,7 +118,11 @@ class Store:
 def open_store(root: Path) -> Store:
     """Open an existing store for reading."""
     info = _read_store_file(root)
-    return Store(root, ModelIdentity.from_json(info["model"]), info["model_source"], _latest(root))
+    try:
+        identity = ModelIdentity.from_json(info["model"])
+    except TypeError as exc:
+        raise StoreError(f"{root / STORE_FILE}: unreadable model identity ({exc})") from exc
+    return Store(root, identity, info["model_source"], _latest(root))
 
 
 @contextlib.contextmanager
@@ -172,6 +184,20 @@ def _create(root: Path, identity: ModelIdentity, model_source: dict[str, Any]) -
     return Store(root, identity, model_source, Manifest())
 
 
+def update_model_source(store: Store, model_source: dict[str, Any]) -> None:
+    """Record where the store's (identical) model is loaded from now."""
+    info = {
+        "format_version": FORMAT_VERSION,
+        "model": store.identity.to_json(),
+        "model_source": model_source,
+    }
+    try:
+        write_atomic(store.root / STORE_FILE, lambda f: f.write(_json_bytes(info)))
+    except OSError as exc:
+        raise write_error(store.root / STORE_FILE, exc) from exc
+    store.model_source = model_source
+
+
 def _read_store_file(root: Path) -> dict[str, Any]:
     try:
         info = json.loads((root / STORE_FILE).read_text(encoding="utf-8"))
@@ -179,6 +205,8 @@ def _read_store_file(root: Path) -> dict[str, Any]:
         raise StoreError(f"{root} is not a meter-batch store (no {STORE_FILE})") from exc
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read {root / STORE_FILE}: {exc}") from exc
+    if not isinstance(info, dict) or not {"model", "model_source"} <= set(info):
+        raise StoreError(f"{root / STORE_FILE} is not a meter-batch store file")
     if info.get("format_version") != FORMAT_VERSION:
         raise StoreError(
             f"{root} has store format {info.get('format_version')!r}; "
@@ -223,8 +251,19 @@ def _remove_debris(store: Store) -> None:
 
 
 def _kept_index(store: Store, sub: str, path: Path) -> bool:
-    """Keep the index of the previous manifest, which a reader may still have open."""
-    return sub == "index" and path.stem.isdigit() and int(path.stem) >= store.manifest.seq - 1
+    """Keep the indexes the kept manifests name: a reader may still have the previous open."""
+    if sub != "index":
+        return False
+    for manifest_file in _manifest_files(store.root):
+        try:
+            if (
+                json.loads(manifest_file.read_text(encoding="utf-8")).get("index")
+                == f"index/{path.name}"
+            ):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def write_parquet_staged(store: Store, table: pa.Table, final_relpath: str) -> None:
@@ -245,7 +284,7 @@ def write_parquet_staged(store: Store, table: pa.Table, final_relpath: str) -> N
             os.fsync(handle.fileno())
         faults.point("parquet")
     except OSError as exc:
-        raise _write_error(staged, exc) from exc
+        raise write_error(staged, exc) from exc
 
 
 def staged_path(store: Store, final_relpath: str) -> Path:
@@ -257,7 +296,10 @@ def commit(store: Store, manifest: Manifest, staged: list[str], index_file: Path
     try:
         folders = set()
         for relpath in staged:
-            (store.root / relpath).parent.mkdir(parents=True, exist_ok=True)
+            folder = (store.root / relpath).parent
+            if not folder.exists():
+                folder.mkdir(parents=True)
+                folders.add(folder.parent)  # the new folder's own entry must be durable too
             os.replace(staged_path(store, relpath), store.root / relpath)
             folders.add((store.root / relpath).parent)
             faults.point("rename")
@@ -270,7 +312,7 @@ def commit(store: Store, manifest: Manifest, staged: list[str], index_file: Path
         write_atomic(name, lambda f: f.write(_json_bytes(manifest.to_json())), "manifest")
         faults.point("committed")
     except OSError as exc:
-        raise _write_error(store.root, exc) from exc
+        raise write_error(store.root, exc) from exc
     store.manifest = manifest
     _prune_manifests(store.root)
 
@@ -308,6 +350,7 @@ def _json_bytes(data: Any) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _write_error(where: Path, exc: OSError) -> StoreError:
+def write_error(where: Path, exc: OSError) -> StoreError:
+    """One line for a failed store write; ENOSPC is said plainly."""
     reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
     return StoreError(f"writing to {where} failed: {reason}; the last commit is intact")

@@ -120,6 +120,11 @@ RUNS_SCHEMA = pa.schema(
         ("scanned", pa.int64()),
         ("encoded", pa.int64()),
         ("failed", pa.int64()),
+        ("skipped", pa.int64()),
+        ("touched", pa.int64()),
+        ("superseded", pa.int64()),
+        ("deleted", pa.int64()),
+        ("path_prefix", pa.string()),
         ("seconds", pa.float64()),
         ("device", pa.string()),
         ("precision", pa.string()),
@@ -141,6 +146,7 @@ LABEL_SETS_SCHEMA = pa.schema(
         ("min_prob", pa.float64()),
         ("min_margin", pa.float64()),
         ("scored_below_id", pa.int64()),
+        ("classified_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
@@ -160,6 +166,7 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
 def _label_set_row(entry: dict[str, Any]) -> dict[str, Any]:
     row = {name: entry.get(name) for name in LABEL_SETS_SCHEMA.names}
     row["created_at"] = _timestamp(entry["created_at"])
+    row["classified_at"] = _timestamp(entry.get("classified_at", entry["created_at"]))
     row["logit_scale_setting"] = json.dumps(entry["logit_scale_setting"])
     return row
 
@@ -183,7 +190,11 @@ def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) 
     catalog = store_root / CATALOG
     if not catalog.exists():
         raise StoreError(f"{store_root} has no {CATALOG}: run encode into it first")
-    with duckdb.connect(str(catalog), read_only=True) as con:
+    try:
+        con = duckdb.connect(str(catalog), read_only=True)
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open {catalog}: {str(exc).splitlines()[0]}") from exc
+    with con:
         try:
             return con.sql(sql, params=params or None).to_arrow_table()
         except duckdb.Error as exc:

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter_batch import faults
-from meter_batch.errors import StoreError
 from meter_batch.schema import (
     FAILURES_SCHEMA,
     TOMBSTONES_SCHEMA,
@@ -21,7 +20,7 @@ from meter_batch.schema import (
     embeddings_schema,
     readable_path,
 )
-from meter_batch.store import Store, staged_path, write_parquet_staged
+from meter_batch.store import Store, staged_path, write_error, write_parquet_staged
 from meter_batch.vectors import vectors_path, write_vectors
 
 
@@ -43,6 +42,7 @@ class ImageRows:
     mtimes_ns: np.ndarray
     widths: list[int]
     heights: list[int]
+    frames: list[int]
     hashes: list[bytes]
     embeddings: np.ndarray
 
@@ -121,6 +121,7 @@ class RunWriter:
             pa.array(rows.mtimes_ns, pa.int64()),
             pa.array(rows.widths, pa.int32()),
             pa.array(rows.heights, pa.int32()),
+            pa.array(rows.frames, pa.int32()),
             pa.array(rows.hashes, self.schema.field("content_hash").type),
             pa.array([self.run_id] * len(ids), pa.string()),
             pa.FixedSizeListArray.from_arrays(flat, type=embedding_type(self.dim)),
@@ -169,7 +170,7 @@ def write_vectors_staged(store: Store, table: pa.Table, parquet_relpath: str) ->
         write_vectors(staged_path(store, relpath), ids, embedding_matrix(table))
         faults.point("vectors")
     except OSError as exc:
-        raise StoreError(f"writing {relpath} failed: {exc.strerror or exc}") from exc
+        raise write_error(store.root / relpath, exc) from exc
     return relpath
 
 
@@ -200,6 +201,8 @@ class PredictionWriter:
             while self._pending:
                 self._pending.popleft().result()
             self._close()
+        except OSError as exc:
+            raise write_error(self.store.root, exc) from exc
         finally:
             self._pool.shutdown(wait=True)
         return self.staged
@@ -211,7 +214,7 @@ class PredictionWriter:
             assert self._writer is not None
             self._writer.write_batch(batch)
         except OSError as exc:
-            raise StoreError(f"writing predictions failed: {exc.strerror or exc}") from exc
+            raise write_error(self.store.root, exc) from exc
         self._part_rows += batch.num_rows
 
     def _open(self, schema: pa.Schema) -> None:

@@ -54,13 +54,16 @@ def vit_checkpoint(configs: dict[str, Path], tmp_path_factory: pytest.TempPathFa
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` varied images (sizes, JPEG/PNG, RGB/L/RGBA/P); relative paths returned."""
+    """``count`` varied images (sizes, JPEG/PNG, RGB/L/opaque RGBA); relative paths returned.
+
+    Only modes whose pixels open_clip's reference loop already gets right: the odd ones
+    (transparency, palettes, 16-bit, CMYK, EXIF rotation) are tests/test_odd_files.py's."""
     rng = random.Random(seed)
     sizes = [(97, 61), (64, 64), (300, 200), (45, 120), (640, 480), (33, 33)]
     written = []
     for number in range(count):
         image = sample_image(rng, sizes[number % len(sizes)])
-        mode = ["RGB", "RGB", "L", "RGBA", "P"][number % 5]
+        mode = ["RGB", "RGB", "L", "RGBA", "RGB"][number % 5]
         image = image.convert(mode)
         suffix = ".jpg" if mode in ("RGB", "L") and number % 2 == 0 else ".png"
         relative = f"sub{number % 3}/img-{number:03d}{suffix}"

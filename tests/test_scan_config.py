@@ -19,7 +19,7 @@ def _touch(root: Path, relative: str, content: bytes = b"x") -> None:
 
 def test_walk_finds_image_extensions_in_any_case_in_a_fixed_order(tmp_path):
     names = ["b/IMG_1.JPG", "a/x.jpeg", "a/y.PnG", "c.webp", "d.bmp", "e.tif", "f.TIFF",
-             "g.gif", "a/z/deep.jpg", "notes.txt", "a/photo.jpg.bak", "h.heic"]  # fmt: skip
+             "g.gif", "a/z/deep.jpg", "notes.txt", "a/photo.jpg.bak", "h.psd"]  # fmt: skip
     for name in names:
         _touch(tmp_path, name)
     found = [i.relpath.decode() for i in scan_images(tmp_path) if isinstance(i, ScannedFile)]

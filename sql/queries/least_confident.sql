@@ -9,5 +9,5 @@ FROM (
     JOIN images AS i USING (image_id)
     WHERE p.label_set = $label_set
 )
-WHERE rank <= $limit
+WHERE rank <= CAST($limit AS BIGINT)
 ORDER BY label, rank;

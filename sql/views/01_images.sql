@@ -10,6 +10,7 @@ SELECT
     make_timestamp(mtime_ns // 1000) AS mtime,
     width,
     height,
+    frames,
     content_hash,
     run_id,
     CAST(embedding AS FLOAT[{{dim}}]) AS embedding

@@ -1,10 +1,10 @@
--- latest_predictions: per label-set name, only its most recently created version,
--- and only for images that are live.
+-- latest_predictions: per label-set name, only the version classified most recently
+-- (reverting a file to an older version makes that one latest again), live images only.
 CREATE OR REPLACE VIEW latest_predictions AS
 SELECT p.*
 FROM predictions AS p
 JOIN (
-    SELECT name, arg_max(version, created_at) AS version
+    SELECT name, arg_max(version, classified_at) AS version
     FROM label_sets
     GROUP BY name
 ) AS latest ON p.label_set_version = latest.version

@@ -1,0 +1,146 @@
+"""Decoded batches from DataLoader worker processes, surviving workers that die or hang.
+
+A decoder that segfaults or is OOM-killed takes its worker process down, and one that
+hangs stalls it; DataLoader then raises (worker killed) or times out. Neither ends the
+run: the batches that were in flight are decoded again file by file, each in a fresh
+process with a deadline, so the culprit is recorded as a `decode_error` and every other
+file is decoded; then a new loader carries on with the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from meter_batch.decode import (
+    Decoded,
+    DecodedBatch,
+    ImageFiles,
+    collate_decoded,
+    configure_decoder_process,
+    worker_init,
+)
+
+log = logging.getLogger("meter_batch")
+PREFETCH = 4
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    batch_size: int
+    workers: int
+    pin_memory: bool
+    decode_timeout: float  # seconds one file may take before it is declared hung
+
+    @property
+    def batch_timeout(self) -> float:
+        # A batch of healthy files decodes well inside this; only a stuck worker exceeds it.
+        return self.decode_timeout + 2.0 * self.batch_size
+
+
+def decoded_batches(
+    dataset: ImageFiles, positions: Sequence[int], settings: LoaderSettings
+) -> Iterator[DecodedBatch]:
+    """Batches over ``positions`` in order; worker deaths and hangs become failure rows."""
+    if settings.workers == 0:
+        configure_decoder_process(in_worker=False)  # no isolation without worker processes
+        yield from _loader(dataset, positions, settings)
+        return
+    _no_async_worker_errors()
+    start = 0
+    while start < len(positions):
+        delivered = 0
+        try:
+            for batch in _loader(dataset, positions[start:], settings):
+                delivered += len(batch.indices) + len(batch.failures)
+                yield batch
+            return
+        except RuntimeError as exc:
+            if "DataLoader" not in str(exc):
+                raise
+            log.warning("decoder worker failed (%s); retrying its files one by one", exc)
+            start += delivered
+            window = settings.batch_size * settings.workers * PREFETCH
+            suspects = positions[start : start + window]
+            for offset in range(0, len(suspects), settings.batch_size):
+                chunk = suspects[offset : offset + settings.batch_size]
+                yield _isolated_batch(dataset, chunk, settings.decode_timeout)
+            start += len(suspects)
+
+
+def _no_async_worker_errors() -> None:
+    """Keep worker deaths inside the loader's __next__, where decoded_batches handles them.
+
+    DataLoader installs a SIGCHLD handler that raises in the main thread wherever it happens
+    to be (mid-encode, mid-Parquet-write) when a worker dies. Without it, the loader still
+    notices dead workers itself, within a few seconds, and raises from __next__. The flag is
+    torch's own "already installed" switch.
+    """
+    from torch.utils.data._utils import signal_handling
+
+    signal_handling._SIGCHLD_handler_set = True
+
+
+def _loader(
+    dataset: ImageFiles, positions: Sequence[int], settings: LoaderSettings
+) -> Iterator[DecodedBatch]:
+    subset = torch.utils.data.Subset(dataset, list(positions))
+    workers = settings.workers
+    loader = torch.utils.data.DataLoader(
+        subset,
+        batch_size=settings.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_decoded,
+        pin_memory=settings.pin_memory,
+        worker_init_fn=worker_init if workers else None,
+        prefetch_factor=PREFETCH if workers else None,
+        timeout=settings.batch_timeout if workers else 0,
+    )
+    yield from loader
+
+
+def _isolated_batch(dataset: ImageFiles, positions: Sequence[int], timeout: float) -> DecodedBatch:
+    return collate_decoded([_isolated(dataset, p, timeout) for p in positions])
+
+
+def _isolated(dataset: ImageFiles, position: int, timeout: float) -> Decoded:
+    """Decode one file in a fresh process; a crash or a hang is this file's failure."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_decode_and_send, args=(dataset, position, send), daemon=True)
+    process.start()
+    send.close()
+    result: Decoded | None = None
+    answered = receive.poll(timeout)
+    if answered:
+        try:
+            result = receive.recv()
+        except EOFError:
+            result = None  # it died before sending: its exit code says how
+    process.join(5 if answered else 0)
+    hung = not answered and process.is_alive()
+    if process.is_alive():
+        process.kill()
+        process.join()
+    receive.close()
+    if result is not None:
+        return result
+    if hung:
+        message = f"the decoder did not finish within {timeout:g} s (timeout)"
+    else:
+        message = f"the decoder process died (signal {-(process.exitcode or 0)})"
+    return Decoded(position, kind="decode_error", message=message)
+
+
+def _decode_and_send(dataset: ImageFiles, position: int, send: object) -> None:
+    configure_decoder_process(in_worker=True)
+    result = dataset[position]
+    send.send(result)  # type: ignore[attr-defined]
+    send.close()  # type: ignore[attr-defined]
+    os._exit(0)  # skip atexit handlers inherited from the parent
