@@ -272,3 +272,133 @@ def _store_for_tree(images: Path, root: Path) -> None:
         manifest = next_manifest(store, next_image_id=len(work), embedding_parts=parts, runs=(run,))
         commit(store, manifest, staged, None)
         refresh_catalog(store)
+
+
+def bench_encode(
+    images: Path | None,
+    folder: Path,
+    model: Any,
+    count: int,
+    workers: int,
+    batch_size: int,
+    device: str,
+    exact: bool,
+) -> dict[str, Any]:
+    """Decode capacity, model capacity and end-to-end encode on one folder, and the bound.
+
+    The bound is min(decode, model) when the model runs on a GPU (separate hardware), and
+    1 / (1/decode + 1/model) when both share the CPU cores.
+    """
+    from meter_batch.config import EncodeConfig
+
+    shutil.rmtree(folder / "store", ignore_errors=True)
+    if images is None:
+        images = folder / "images"
+        if not images.is_dir():
+            write_bench_images(images, count)
+    config = EncodeConfig(
+        images_dir=images,
+        store=folder / "store",
+        model=model,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        exact=exact,
+    )
+    result = _capacities(config)
+    from meter_batch.pipeline import encode
+
+    summary = encode(config, interactive=False)
+    result["e2e_per_s"] = round(summary.encoded / summary.pipeline_seconds, 1)
+    result["e2e_wall_per_s"] = summary.images_per_s
+    result["images"] = summary.encoded
+    shared = result["device"] == "cpu"
+    decode, model_rate = result["decode_per_s"], result["model_per_s"]
+    bound = 1 / (1 / decode + 1 / model_rate) if shared else min(decode, model_rate)
+    result["bound"] = "1/(1/decode+1/model): shared CPU" if shared else "min(decode, model)"
+    result["bound_per_s"] = round(bound, 1)
+    result["ratio"] = round(result["e2e_per_s"] / bound, 3)
+    result["peak_rss_mib"] = peak_rss_mib()
+    shutil.rmtree(folder / "store", ignore_errors=True)
+    return result
+
+
+def _capacities(config: Any) -> dict[str, Any]:
+    from meter_batch.decode import DecodeOptions, ImageFiles, split_preprocess
+    from meter_batch.encode import ImageEncoder, plan_device
+    from meter_batch.model import load_model
+    from meter_batch.scan import collect_work
+    from meter_batch.workers import LoaderSettings, decoded_batches
+
+    loaded = load_model(config.model)
+    stage = split_preprocess(loaded.reference_preprocess)
+    device = plan_device(config.device, config.precision)
+    work = collect_work(config.images_dir)
+    draft = None if config.exact else stage.short_side
+    options = DecodeOptions(stage.transform, config.max_pixels, draft)
+    dataset = ImageFiles(os.fsencode(config.images_dir.resolve()), work, options)
+    settings = LoaderSettings(config.batch_size, config.workers, device.is_cuda, 60.0)
+    started, decoded = time.perf_counter(), 0
+    for batch in decoded_batches(dataset, list(range(len(work))), settings):
+        decoded += len(batch.indices)
+    decode_s = time.perf_counter() - started
+    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
+    plain = _plain_loop_rate(config.images_dir, work, loaded.reference_preprocess)
+    return {
+        "model": config.model.name,
+        "device": str(device.device),
+        "precision": device.precision,
+        "path": "exact" if config.exact else "fast",
+        "workers": config.workers,
+        "batch_size": config.batch_size,
+        "decode_per_s": round(decoded / decode_s, 1),
+        "decode_per_core_per_s": round(decoded / decode_s / max(1, config.workers), 1),
+        "plain_pil_open_clip_loop_per_s": round(plain, 1),
+        "model_per_s": round(_model_rate(encoder, stage.short_side, config.batch_size), 1),
+    }
+
+
+def _plain_loop_rate(root: Path, work: Any, preprocess: Any, limit: int = 150) -> float:
+    """The users' loop, one core: Image.open -> open_clip preprocess (no model)."""
+    from PIL import Image
+
+    folder = os.fsencode(root.resolve())
+    count = min(limit, len(work))
+    started = time.perf_counter()
+    for position in range(count):
+        with Image.open(os.path.join(folder, work.relpath(position))) as image:
+            preprocess(image)
+    return count / (time.perf_counter() - started)
+
+
+def _model_rate(encoder: Any, side: int, batch: int) -> float:
+    """encode_image on uint8 batches already on the device (normalization included)."""
+    pixels = torch.randint(0, 256, (batch, side, side, 3), dtype=torch.uint8)
+    pixels = pixels.to(encoder.plan.device)
+    cuda = encoder.plan.is_cuda
+    encoder(pixels)  # warm-up (cudnn autotune, allocator)
+    rounds, started = 0, time.perf_counter()
+    while rounds < 3 or time.perf_counter() - started < (5.0 if cuda else 10.0):
+        encoder(pixels)
+        rounds += 1
+        if cuda:
+            torch.cuda.synchronize()
+    return batch * rounds / (time.perf_counter() - started)
+
+
+def write_bench_images(folder: Path, count: int) -> None:
+    """Half 640x480, half 1920x1080; 4 in 5 JPEG, 1 in 5 PNG (deterministic)."""
+    import random
+
+    from meter_batch.samples import sample_image
+
+    rng = random.Random(7)
+    for number in range(count):
+        sub = folder / f"{number // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        size = (640, 480) if number % 2 == 0 else (1920, 1080)
+        image = sample_image(rng, size)
+        if number % 5 == 4:
+            image.save(sub / f"{number:06d}.png", compress_level=1)
+        else:
+            image.save(sub / f"{number:06d}.jpg", quality=90)

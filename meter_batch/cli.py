@@ -112,6 +112,12 @@ def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=60.0,
         help="seconds one file may take to decode before it is recorded as hung (default: 60)",
     )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="decode every JPEG in full (the reference pixels) instead of the fast DCT-scaled "
+        "path for large JPEGs; the store records which path each run used",
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: auto")
     parser.add_argument(
         "--precision",
@@ -137,6 +143,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         path_prefix=args.prefix,
         max_pixels=args.max_pixels,
         decode_timeout=args.decode_timeout,
+        exact=args.exact,
     )
     summary = encode(config)
     print(json.dumps(summary.to_json()))
@@ -402,7 +409,7 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "classify rate, their ratio and peak RSS at each N. bench rescan: a no-change encode "
         "over --files files against a bare os.scandir walk of the same tree.",
     )
-    parser.add_argument("what", choices=("classify", "rescan"))
+    parser.add_argument("what", choices=("encode", "classify", "rescan"))
     parser.add_argument(
         "--n", type=int, action="append", help="store sizes (default: 100000 and 1000000)"
     )
@@ -410,15 +417,36 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--labels", type=int, default=10, help="labels (default: 10)")
     parser.add_argument("--dir", type=Path, default=Path("bench-output"), help="scratch folder")
     parser.add_argument("--files", type=int, default=100_000, help="rescan: files (100000)")
+    parser.add_argument("--images", type=Path, help="encode: an image folder (default: generate)")
+    parser.add_argument("--count", type=int, default=600, help="encode: images to generate (600)")
+    parser.add_argument("--model", default="RN50", help="encode: model (default: RN50)")
+    parser.add_argument("--pretrained", default="none", help="encode: weights (default: none)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="encode")
+    parser.add_argument("--batch-size", type=int, default=64, help="encode (default: 64)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="encode")
+    parser.add_argument("--exact", action="store_true", help="encode: the reference path")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.set_defaults(handler=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from meter_batch.bench import bench_classify, bench_rescan, format_classify_table
+    from meter_batch.bench import bench_classify, bench_encode, bench_rescan, format_classify_table
 
-    if args.what == "rescan":
-        result = bench_rescan(args.files, args.dir)
+    if args.what in ("rescan", "encode"):
+        result = (
+            bench_rescan(args.files, args.dir)
+            if args.what == "rescan"
+            else bench_encode(
+                args.images,
+                args.dir,
+                ModelSpec(args.model, args.pretrained),
+                args.count,
+                args.workers,
+                args.batch_size,
+                args.device,
+                args.exact,
+            )
+        )
         print(json.dumps(result))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -76,6 +76,7 @@ class EncodeConfig:
     path_prefix: str = ""
     max_pixels: int = 100_000_000
     decode_timeout: float = 60.0
+    exact: bool = False  # True: no JPEG DCT scaling, pixels exactly open_clip's
 
     def __post_init__(self) -> None:
         _check_positive("max_pixels", self.max_pixels)

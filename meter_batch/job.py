@@ -42,6 +42,7 @@ class EncodeSettings:
     commit_every: int = 10_000
     max_pixels: int = 100_000_000
     decode_timeout: float = 60.0
+    exact: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("encode.batch_size", self.batch_size)
@@ -79,6 +80,7 @@ class Job:
                 commit_every=settings.commit_every,
                 max_pixels=settings.max_pixels,
                 decode_timeout=settings.decode_timeout,
+                exact=settings.exact,
                 path_prefix=root.prefix,
             )
             for root in self.roots

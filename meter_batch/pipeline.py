@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from meter_batch import __version__, faults
 from meter_batch.changes import Plan, fetch_rows, plan_changes, tombstoned_ids
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.decode import DecodedBatch, ImageFiles, split_preprocess
+from meter_batch.decode import DecodedBatch, DecodeOptions, ImageFiles, split_preprocess
 from meter_batch.encode import DevicePlan, ImageEncoder, plan_device
 from meter_batch.errors import ConfigError, InputError, ModelMismatchError
 from meter_batch.index import (
@@ -78,6 +78,7 @@ class RunSummary:
     commits: int
     seconds: float
     images_per_s: float
+    pipeline_seconds: float  # the decode -> encode -> write -> commit part of `seconds`
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +135,7 @@ class _EncodeRun:
         self.prefix = config.path_prefix.encode("utf-8")
         self.writer = RunWriter(store, run_id, store.manifest.next_image_id, config.part_rows)
         self.commits = 0
+        self.loop_seconds = 0.0  # decode + encode + writes + commits, without model load / scan
         self.pending_supersedes: list[tuple[bytes, int | None, str]] = []
 
     def execute(self, loaded: LoadedModel, interactive: bool | None, started: float) -> None:
@@ -148,6 +150,7 @@ class _EncodeRun:
             ]
         )
         self._carry_touched(index)
+        loop_started = time.monotonic()
         with Progress(len(self.changes.encode), "encode", interactive) as progress:
             for batch, embeddings in _encoded_batches(
                 self.config, loaded, device, self.work, self.changes.encode
@@ -163,6 +166,7 @@ class _EncodeRun:
         self._delete(index)
         record = _run_record(self.config, device, self, time.monotonic() - started)
         self._commit(index, final=True, record=record)
+        self.loop_seconds = time.monotonic() - loop_started
         refresh_catalog(self.store)
 
     def _stored(self, relpath: bytes) -> bytes:
@@ -261,6 +265,7 @@ class _EncodeRun:
             commits=self.commits,
             seconds=round(seconds, 3),
             images_per_s=round(encoded / seconds, 2) if seconds > 0 else 0.0,
+            pipeline_seconds=round(self.loop_seconds, 3),
         )
 
 
@@ -335,7 +340,8 @@ def _encoded_batches(
     stage = split_preprocess(loaded.reference_preprocess)
     encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
     folder = os.fsencode(config.images_dir.resolve())
-    dataset = ImageFiles(folder, work, stage.transform, config.max_pixels)
+    draft_to = None if config.exact else stage.short_side
+    dataset = ImageFiles(folder, work, DecodeOptions(stage.transform, config.max_pixels, draft_to))
     settings = LoaderSettings(
         config.batch_size, config.workers, device.is_cuda, config.decode_timeout
     )
@@ -388,7 +394,7 @@ def _run_record(
         "seconds": round(seconds, 3),
         "device": str(device.device),
         "precision": device.precision,
-        "preprocess_path": "exact",
+        "preprocess_path": "exact" if config.exact else "fast",
         "meter_batch_version": __version__,
     }
 

@@ -11,7 +11,12 @@ import pyarrow.parquet as pq
 import torch
 
 from meter_batch.config import ModelSpec
-from meter_batch.decode import configure_decoder_process, decode_file, split_preprocess
+from meter_batch.decode import (
+    DecodeOptions,
+    configure_decoder_process,
+    decode_file,
+    split_preprocess,
+)
 from meter_batch.encode import ImageEncoder, plan_device
 from meter_batch.errors import ConfigError, InputError, StoreError
 from meter_batch.index import load_index
@@ -66,7 +71,7 @@ def _image_query(store: Store, image: Path | None, model: ModelSpec | None) -> n
     loaded = load_store_model(store, model)
     stage = split_preprocess(loaded.reference_preprocess)
     configure_decoder_process(in_worker=False)
-    decoded = decode_file(bytes(image.resolve()), 0, stage.transform, 10**9)
+    decoded = decode_file(bytes(image.resolve()), 0, DecodeOptions(stage.transform, 10**9))
     if decoded.kind is not None or decoded.pixels is None:
         raise InputError(f"cannot use {image} as a query: {decoded.kind}: {decoded.message}")
     encoder = ImageEncoder(loaded.model, stage.mean, stage.std, plan_device("cpu", "fp32"))

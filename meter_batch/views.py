@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,20 @@ CATALOG = "catalog.duckdb"
 EMPTY_DIR = "catalog-empty"  # schema-only Parquet files standing in for "no parts yet"
 
 
+def sql_root() -> Traversable:
+    """sql/ as installed (meter_batch.sql), or beside the package in a source checkout."""
+    try:
+        return resources.files("meter_batch.sql")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "sql"
+
+
 def sql_text(relative: str) -> str:
-    return resources.files("meter_batch.sql").joinpath(relative).read_text(encoding="utf-8")
+    return sql_root().joinpath(relative).read_text(encoding="utf-8")
 
 
 def named_queries() -> dict[str, str]:
-    folder = resources.files("meter_batch.sql").joinpath("queries")
+    folder = sql_root().joinpath("queries")
     return {
         entry.name.removesuffix(".sql"): entry.read_text(encoding="utf-8")
         for entry in sorted(folder.iterdir(), key=lambda e: e.name)
@@ -70,7 +79,7 @@ def _view_statements(store: Store) -> list[str]:
         "tombstone_files": _file_list(store, "tombstones", TOMBSTONES_SCHEMA),
         "prediction_files": _file_list(store, "predictions", _empty_predictions_schema()),
     }
-    folder = resources.files("meter_batch.sql").joinpath("views")
+    folder = sql_root().joinpath("views")
     statements = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):

@@ -44,7 +44,9 @@ def labels_toml(
 def encoded(tmp_path, image_dir, configs, vit_checkpoint):  # type: ignore[no-untyped-def]
     images, relpaths = image_dir
     spec = ModelSpec(str(configs["vit"]), str(vit_checkpoint))
-    config = EncodeConfig(images_dir=images, store=tmp_path / "store", model=spec, workers=0)
+    config = EncodeConfig(
+        images_dir=images, store=tmp_path / "store", model=spec, workers=0, exact=True
+    )
     encode(config, interactive=False)
     return images, relpaths, tmp_path / "store"
 

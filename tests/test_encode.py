@@ -18,6 +18,7 @@ from tests.helpers import embeddings_of, read_parts
 
 def run(images: Path, store: Path, config: Path, pretrained: str, workers: int = 0, **kw):  # type: ignore[no-untyped-def]
     spec = ModelSpec(name=str(config), pretrained=pretrained)
+    kw.setdefault("exact", True)  # compared with the reference loop: no DCT scaling
     return encode(
         EncodeConfig(images_dir=images, store=store, model=spec, workers=workers, **kw),
         interactive=False,

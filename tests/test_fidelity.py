@@ -1,0 +1,69 @@
+"""The fast path (JPEG DCT scaling) keeps embeddings close to the reference path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.pipeline import encode
+from meter_batch.store import open_store
+from meter_batch.views import run_query
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Real photographs shipped with scikit-image, as large JPEGs (2.5x: >= 896 px short
+    side, so a 224-px model's fast path decodes them at 1/2 or 1/4 DCT scale)."""
+    data = pytest.importorskip("skimage.data")
+    folder = tmp_path_factory.mktemp("photos")
+    written = 0
+    for name in PHOTOS:
+        try:
+            array = getattr(data, name)()
+        except Exception:
+            continue
+        image = Image.fromarray(array).convert("RGB")
+        scale = max(2.5, 900 / min(image.size))
+        large = image.resize((int(image.width * scale), int(image.height * scale)), Image.BICUBIC)
+        large.save(folder / f"{name}.jpg", quality=92)
+        large.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{name}-m.jpg", quality=85)
+        written += 2
+    assert written >= 8, "scikit-image ships too few photos"
+    return folder
+
+
+def _embeddings(images, store, exact):  # type: ignore[no-untyped-def]
+    spec = ModelSpec("RN50", "none")  # a real-size config: 224 px input, 1024-d
+    config = EncodeConfig(images_dir=images, store=store, model=spec, workers=2, exact=exact)
+    encode(config, interactive=False)
+    rows = run_query(store, "SELECT path, embedding FROM images").to_pylist()
+    return {r["path"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
+
+
+def _pixels_differ(path) -> bool:  # type: ignore[no-untyped-def]
+    from meter_batch.decode import DecodeOptions, decode_file, split_preprocess
+    from meter_batch.model import load_model
+
+    stage = split_preprocess(load_model(ModelSpec("RN50", "none")).reference_preprocess)
+    exact = decode_file(bytes(path), 0, DecodeOptions(stage.transform, 10**9))
+    fast = decode_file(bytes(path), 0, DecodeOptions(stage.transform, 10**9, stage.short_side))
+    assert exact.pixels is not None and fast.pixels is not None
+    difference = np.abs(exact.pixels.astype(int) - fast.pixels.astype(int)).mean()
+    return bool(0 < difference < 4)
+
+
+def test_fast_path_stays_close_to_the_reference_on_real_photos(tmp_path, photos):
+    exact = _embeddings(photos, tmp_path / "exact", exact=True)
+    fast = _embeddings(photos, tmp_path / "fast", exact=False)
+    assert set(exact) == set(fast)
+    cosines = np.array([exact[p] @ fast[p] for p in exact])
+    assert cosines.mean() >= 0.995 and cosines.min() >= 0.98, cosines
+    assert _pixels_differ(photos / "retina.jpg")  # the fast path really decoded otherwise
+    runs = [
+        open_store(tmp_path / s).manifest.runs[-1]["preprocess_path"] for s in ("exact", "fast")
+    ]
+    assert runs == ["exact", "fast"]
