@@ -393,10 +393,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
     summary = encode(config)
     print(json.dumps(summary.to_json()))
+    labels = Path(__file__).resolve().parents[1] / "jobs" / "labelsets" / "meter-type.toml"
     print(
-        f'\nstore: {store}\ntry:   python -c "import duckdb; print(duckdb.sql('
-        f'\\"SELECT count(*) AS images, min(width), max(width) FROM '
-        f"'{store}/embeddings/*.parquet'\\\"))\""
+        f"\nstore:  {store}  (DuckDB catalog: {store / 'catalog.duckdb'})\n"
+        f"next:   meter-batch classify --store {store} --labels {labels}\n"
+        f'        meter-batch query {store} "SELECT count(*) AS images, max(width) FROM images"\n'
+        f"        (the demo model has random weights: its labels mean nothing yet)"
     )
     return 0
 
