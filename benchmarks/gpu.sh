@@ -8,5 +8,5 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-timeout 400 python3 benchmarks/gpu_bench.py --per-size "${PER_SIZE:-5000}" --out "$OUT" 2>&1 \
+timeout 400 python3 benchmarks/gpu_bench.py --per-size "${PER_SIZE:-5000}" --out "$OUT" "$@" 2>&1 \
     | grep -v "No pretrained weights" | tee "$OUT/log.txt"

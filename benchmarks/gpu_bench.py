@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-bench"))
     parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--sweep", action="store_true", help="batch sizes and worker counts instead (fast path)"
+    )
     args = parser.parse_args()
     images = args.work / "images"
     rate = generate(images, args.per_size)
@@ -67,14 +70,19 @@ def main() -> None:
         }
     ]
     print(json.dumps(results[0]), flush=True)
-    workers = min(os.cpu_count() or 1, 16)
-    for model, exact in (("RN50", False), ("ViT-B-32", False), ("RN50", True)):
+    cores = min(os.cpu_count() or 1, 16)
+    plan = [(m, False, cores, 256) for m in ("RN50", "ViT-B-32")] + [("RN50", True, cores, 256)]
+    if args.sweep:
+        plan = [("ViT-B-32", False, cores - 1, 256), ("ViT-B-32", False, cores, 512)]
+        plan += [("ViT-B-32", False, cores, 1024), ("RN50", False, cores, 1024)]
+    for model, exact, workers, batch in plan:
         result = bench_encode(
-            images, args.work, ModelSpec(model, "none"), 0, workers, 256, args.device, exact
+            images, args.work, ModelSpec(model, "none"), 0, workers, batch, args.device, exact
         )
         print(json.dumps(result), flush=True)
         results.append(result)
-        (args.out / "bench-gpu.json").write_text(json.dumps(results, indent=2))
+        name = "bench-gpu-sweep.json" if args.sweep else "bench-gpu.json"
+        (args.out / name).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
