@@ -170,7 +170,8 @@ def _decode_into(result: Decoded, data: bytes, options: DecodeOptions) -> None:
             )
             return
         result.frames = frame_count(image)
-        image.seek(0)
+        if result.frames > 1:
+            image.seek(0)  # only multi-frame files: some formats refuse seek() otherwise
         if options.draft_to and image.format == "JPEG":
             _draft(image, options.draft_to)
         image.load()
@@ -206,7 +207,7 @@ def classify_decode_error(exc: BaseException, data: bytes) -> tuple[str, str]:
     if isinstance(exc, Image.DecompressionBombError):
         return "too_large", message
     lowered = message.lower()
-    if "decoder" in lowered and "not available" in lowered:
+    if ("decoder" in lowered and "not available" in lowered) or "ghostscript" in lowered:
         return "unsupported_format", message
     if isinstance(exc, (OSError, SyntaxError)) and (
         "truncated" in lowered or "premature end" in lowered

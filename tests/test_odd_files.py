@@ -65,6 +65,7 @@ def corpus(tmp_path: Path) -> Path:
     corrupt[at : at + 24] = b"\x00" * 24
     (root / "corrupt.png").write_bytes(bytes(corrupt))
     (root / "really-a-png.jpg").write_bytes(_png(arrow_picture()))
+    arrow_picture().convert("L").save(root / "spider-single.jpg", "SPIDER")  # refuses seek()
     for orientation, rotate in ((6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)):
         exif = Image.Exif()
         exif[0x0112] = orientation
@@ -128,6 +129,7 @@ def test_every_file_is_encoded_or_a_failure_with_a_kind(tmp_path, corpus, config
     rows = {r["path"]: r for r in images.to_pylist()}
     assert len(rows) == files - len(kinds)
     assert rows["really-a-png.jpg"]["frames"] == 1
+    assert rows["spider-single.jpg"]["frames"] == 1
     assert {rows[n]["frames"] for n in ("anim.gif", "anim.webp", "anim.png")} == {3}
     sjis = [r for r in rows.values() if r["path_bytes"] is not None]
     assert [r["path_bytes"] for r in sjis] == ["メーター".encode("shift_jis") + b".png"]
@@ -312,3 +314,8 @@ def test_a_hanging_decoder_times_out_and_the_run_goes_on(tmp_path, image_dir, co
     failure = run_query(tmp_path / "store", "SELECT path, kind, message FROM failures").to_pylist()
     assert failure[0]["path"] == relpaths[2] and failure[0]["kind"] == "decode_error"
     assert "timeout" in failure[0]["message"]
+
+
+def test_eps_without_ghostscript_is_unsupported_format():
+    error = OSError("Unable to locate Ghostscript on paths")
+    assert classify_decode_error(error, b"%!PS-Adobe-3.0 EPSF-3.0")[0] == "unsupported_format"
