@@ -88,7 +88,7 @@ def corpus(tmp_path: Path) -> Path:
     for name, fmt in (("anim.gif", "GIF"), ("anim.webp", "WEBP"), ("anim.png", "PNG")):
         frames[0].save(root / name, fmt, save_all=True, append_images=frames[1:], duration=80)
     cmyk = arrow_picture().convert("CMYK")
-    cmyk.save(root / "cmyk.jpg", quality=95)
+    cmyk.save(root / "cmyk.jpg", "JPEG", quality=95)
     sjis = "メーター".encode("shift_jis") + b".png"
     with open(os.path.join(os.fsencode(root), sjis), "wb") as handle:
         handle.write(_png(arrow_picture()))
