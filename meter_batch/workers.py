@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -78,12 +81,48 @@ def _no_async_worker_errors() -> None:
 
     DataLoader installs a SIGCHLD handler that raises in the main thread wherever it happens
     to be (mid-encode, mid-Parquet-write) when a worker dies. Without it, the loader still
-    notices dead workers itself, within a few seconds, and raises from __next__. The flag is
+    notices dead workers itself, within seconds, and raises from __next__. The flag is
     torch's own "already installed" switch.
     """
     from torch.utils.data._utils import signal_handling
 
     signal_handling._SIGCHLD_handler_set = True
+
+
+class _Watchdog:
+    """Kills the loader's workers when the consumer has waited ``seconds`` for one batch.
+
+    DataLoader's own timeout would also delay noticing a dead worker by the whole timeout;
+    instead the loader runs without one (it notices deaths within seconds) and a hang is
+    turned into a death here. Only time spent waiting counts, not the consumer's own work.
+    """
+
+    def __init__(self, iterator: Any, seconds: float) -> None:
+        self.iterator, self.seconds = iterator, seconds
+        self.waiting_since: float | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="decode-watchdog", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.5):
+            since = self.waiting_since
+            if since is not None and time.monotonic() - since > self.seconds:
+                for worker in getattr(self.iterator, "_workers", []):
+                    if worker.is_alive():
+                        worker.kill()
+                self.waiting_since = None
+
+    def next(self) -> Any:
+        self.waiting_since = time.monotonic()
+        try:
+            return next(self.iterator)
+        finally:
+            self.waiting_since = None
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def _loader(
@@ -100,9 +139,20 @@ def _loader(
         pin_memory=settings.pin_memory,
         worker_init_fn=worker_init if workers else None,
         prefetch_factor=PREFETCH if workers else None,
-        timeout=settings.batch_timeout if workers else 0,
     )
-    yield from loader
+    if not workers:
+        yield from loader
+        return
+    watchdog = _Watchdog(iter(loader), settings.batch_timeout)
+    try:
+        while True:
+            try:
+                batch = watchdog.next()
+            except StopIteration:
+                return
+            yield batch
+    finally:
+        watchdog.stop()
 
 
 def _isolated_batch(dataset: ImageFiles, positions: Sequence[int], timeout: float) -> DecodedBatch:
