@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
+from meter_batch.errors import InputError
 from meter_batch.model import ModelIdentity
 from meter_batch.score import Scorer, ScoreSettings, score_files
 from meter_batch.store import Store, commit, locked, next_manifest, open_for_write, open_store
@@ -309,6 +310,8 @@ def bench_encode(
     from meter_batch.pipeline import encode
 
     summary = encode(config, interactive=False)
+    if not summary.encoded or not result["decode_per_s"]:
+        raise InputError(f"{images} holds no image that decodes: nothing to measure")
     result["e2e_per_s"] = round(summary.encoded / summary.pipeline_seconds, 1)
     result["e2e_wall_per_s"] = summary.images_per_s
     result["images"] = summary.encoded
@@ -341,7 +344,7 @@ def _capacities(config: Any) -> dict[str, Any]:
     started, decoded = time.perf_counter(), 0
     for batch in decoded_batches(dataset, list(range(len(work))), settings):
         decoded += len(batch.indices)
-    decode_s = time.perf_counter() - started
+    decode_s = max(time.perf_counter() - started, 1e-9)
     encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
     plain = _plain_loop_rate(config.images_dir, work, loaded.reference_preprocess)
     return {
@@ -366,8 +369,11 @@ def _plain_loop_rate(root: Path, work: Any, preprocess: Any, limit: int = 150) -
     count = min(limit, len(work))
     started = time.perf_counter()
     for position in range(count):
-        with Image.open(os.path.join(folder, work.relpath(position))) as image:
-            preprocess(image)
+        try:
+            with Image.open(os.path.join(folder, work.relpath(position))) as image:
+                preprocess(image)
+        except Exception:  # the users' loop would have crashed here: not counted
+            continue
     return count / (time.perf_counter() - started)
 
 

@@ -44,11 +44,14 @@ class Plan:
     deleted: list[tuple[bytes, int | None]] = field(default_factory=list)  # (relpath, id)
     cleared: list[bytes] = field(default_factory=list)  # standing failures that are over
     standing: dict[bytes, Standing] = field(default_factory=dict)
+    new_scan_failures: int = 0  # unreadable folders not recorded yet
     skipped: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.encode or self.touched or self.deleted or self.cleared)
+        return not (
+            self.encode or self.touched or self.deleted or self.cleared or self.new_scan_failures
+        )
 
 
 def tombstoned_ids(store: Store) -> set[int]:
@@ -66,18 +69,29 @@ class Standing:
     size: int | None
     mtime_ns: int | None
     run_id: str
+    kind: str = ""
+    message: str = ""
+
+    @property
+    def about_the_content(self) -> bool:
+        """Will this file fail again as long as its bytes are the same? Caps, missing
+        decoders, permissions, crashes and timeouts depend on the machine: retried."""
+        if self.kind in ("unidentified", "truncated"):
+            return True
+        return self.kind == "decode_error" and not self.message.startswith("the decoder")
 
 
 def standing_failures(store: Store, prefix: bytes) -> dict[bytes, Standing]:
     """The latest failure of each path under ``prefix`` that no later tombstone cleared."""
     latest: dict[bytes, Standing] = {}
     for path in store.live_paths("failures"):
-        table = pq.read_table(path, columns=["path", "path_bytes", "size", "mtime_ns", "run_id"])
-        values = _columns(table, "size", "mtime_ns", "run_id")
-        for raw, size, mtime, run_id in zip(_raw_paths(table), *values, strict=True):
+        names = ["path", "path_bytes", "size", "mtime_ns", "run_id", "kind", "message"]
+        table = pq.read_table(path, columns=names)
+        values = _columns(table, *names[2:])
+        for raw, size, mtime, run_id, kind, message in zip(_raw_paths(table), *values, strict=True):
             old = latest.get(raw)
             if old is None or str(run_id) >= old.run_id:
-                latest[raw] = Standing(size, mtime, str(run_id))
+                latest[raw] = Standing(size, mtime, str(run_id), str(kind), str(message))
     cleared = _cleared_failure_paths(store)
     return {
         raw[len(prefix) :]: standing
@@ -99,12 +113,8 @@ def _live_table(store: Store, prefix: bytes) -> pa.Table:
         if len(dead):
             table = table.filter(pc.invert(pc.is_in(table.column("image_id"), value_set=dead)))
         if prefix:
-            table = table.filter(
-                pc.starts_with(
-                    pc.cast(table.column("path"), pa.string()),
-                    prefix.decode("utf-8", "surrogateescape"),
-                )
-            )
+            head = pc.binary_slice(table.column("path"), 0, len(prefix))  # bytes: any name
+            table = table.filter(pc.equal(head, pa.scalar(prefix, pa.binary())))
             stripped = pc.binary_slice(table.column("path"), len(prefix), 1 << 30)
             table = table.set_column(table.schema.get_field_index("path"), "path", stripped)
         tables.append(table)
@@ -177,16 +187,22 @@ def plan_changes(root: Path, work: WorkList, store: Store, prefix: bytes) -> Pla
         if image_id is not None:
             known[relpath] = Known(image_id, size, mtime, digest)
             restat.append(position)
-        elif failed is not None and (failed.size, failed.mtime_ns) == (
-            work.sizes[position],
-            work.mtimes_ns[position],
+        elif (
+            failed is not None
+            and failed.about_the_content
+            and (failed.size, failed.mtime_ns) == (work.sizes[position], work.mtimes_ns[position])
         ):
-            plan.skipped += 1  # a failed file that has not changed is not retried
+            plan.skipped += 1  # a broken file that has not changed is not retried
         else:
             plan.encode.append(position)
     _sort_restat(root, work, known, restat, plan)
     plan.deleted = _deleted(work, live, failures)
     plan.cleared = _cleared(work, failures)
+    plan.new_scan_failures = sum(
+        1
+        for f in work.failures
+        if f.relpath not in failures or failures[f.relpath].size is not None
+    )
     plan.standing = failures
     plan.encode.sort()
     return plan
@@ -248,11 +264,12 @@ def _cleared(work: WorkList, failures: dict[bytes, Standing]) -> list[bytes]:
     failing_now = {f.relpath for f in work.failures}
     unreadable = tuple(p.rstrip(b"/") + b"/" for p in failing_now)
     over = []
-    for relpath, standing in failures.items():
-        if relpath in failing_now or (unreadable and relpath.startswith(unreadable)):
+    for relpath in failures:
+        if relpath in failing_now or relpath in walked:
+            continue  # still failing, or being decoded again now: its new outcome decides
+        if unreadable and relpath.startswith(unreadable):
             continue
-        if standing.size is None or relpath not in walked:
-            over.append(relpath)
+        over.append(relpath)  # a folder that reads again, or a failed file that is gone
     return sorted(over)
 
 

@@ -133,11 +133,16 @@ def decode_file(path: bytes, index: int, options: DecodeOptions) -> Decoded:
         return Decoded(index, kind="permission_denied", message=exc.strerror or str(exc))
     except OSError as exc:
         return Decoded(index, kind="decode_error", message=f"read failed: {exc}")
+    except MemoryError:
+        return Decoded(index, kind="too_large", message="the file does not fit in memory")
     if data is None:
         return result  # unstable: recorded by _read_stable
     result.content_hash = content_hash(data)
     try:
         _decode_into(result, data, options)
+    except MemoryError:
+        result.pixels = None
+        result.kind, result.message = "too_large", "decoding it ran out of memory"
     except Exception as exc:
         result.pixels = None
         result.kind, result.message = classify_decode_error(exc, data)

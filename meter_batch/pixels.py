@@ -39,7 +39,8 @@ def normalize_image(image: Image.Image) -> Image.Image:
         return _scaled(np.asarray(image, dtype=np.float64), 65535.0)
     if mode == "I":
         values = np.asarray(image, dtype=np.float64)
-        return _scaled(values, 65535.0 if values.max(initial=0) <= 65535 else 2.0**31 - 1)
+        top = values.max(initial=0)  # full scale: the smallest 2^k - 1 that holds the data
+        return _scaled(values, 65535.0 if top <= 65535 else 2.0 ** np.ceil(np.log2(top + 1)) - 1)
     if mode == "F":
         values = np.asarray(image, dtype=np.float64)
         top = values.max(initial=0)
@@ -47,6 +48,8 @@ def normalize_image(image: Image.Image) -> Image.Image:
     palette_mode = image.palette.mode if image.palette is not None else ""
     if mode == "P" and ("transparency" in image.info or palette_mode == "RGBA"):
         image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("L", "RGB") and "transparency" in image.info:
+        return _composite(image)  # a tRNS colour key: that colour is transparent
     if mode in _ALPHA:
         return _composite(image)
     if mode in ("1", "P", "YCbCr", "LAB", "HSV"):

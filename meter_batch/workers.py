@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -63,7 +64,9 @@ def decoded_batches(
                 delivered += len(batch.indices) + len(batch.failures)
                 yield batch
             return
-        except RuntimeError as exc:
+        except Exception as exc:
+            # worker deaths and timeouts, and anything a worker raised (re-raised by torch
+            # as "Caught X in DataLoader worker process N"): isolate; other errors are ours
             if "DataLoader" not in str(exc):
                 raise
             log.warning("decoder worker failed (%s); retrying its files one by one", exc)
@@ -171,8 +174,8 @@ def _isolated(dataset: ImageFiles, position: int, timeout: float) -> Decoded:
     if answered:
         try:
             result = receive.recv()
-        except EOFError:
-            result = None  # it died before sending: its exit code says how
+        except (EOFError, OSError, pickle.UnpicklingError):
+            result = None  # it died before or while sending: its exit code says how
     process.join(5 if answered else 0)
     hung = not answered and process.is_alive()
     if process.is_alive():
@@ -183,8 +186,10 @@ def _isolated(dataset: ImageFiles, position: int, timeout: float) -> Decoded:
         return result
     if hung:
         message = f"the decoder did not finish within {timeout:g} s (timeout)"
+    elif process.exitcode is not None and process.exitcode < 0:
+        message = f"the decoder process died (signal {-process.exitcode})"
     else:
-        message = f"the decoder process died (signal {-(process.exitcode or 0)})"
+        message = f"the decoder process exited with code {process.exitcode}"
     return Decoded(position, kind="decode_error", message=message)
 
 
