@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The issue-6 GPU run, prepared for the device tool (one H100, 16 cores). Carry `.whl`
-# (open_clip_torch, faiss-cpu, ftfy, wcwidth, duckdb wheels for Python 3.12) and run:
+# (open_clip_torch, faiss-cpu, ftfy, wcwidth, duckdb, webdataset, braceexpand wheels for
+# Python 3.12) and run:
 #   bash benchmarks/gpu.sh
-# It writes $OUT/bench-gpu.json and $OUT/log.txt.
-set -euo pipefail
+# It writes $OUT/bench-gpu.json, $OUT/gpu-extras.json and $OUT/log.txt.
+set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+    --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-timeout 400 python3 benchmarks/gpu_bench.py --per-size "${PER_SIZE:-5000}" --out "$OUT" "$@" 2>&1 \
-    | grep -v "No pretrained weights" | tee "$OUT/log.txt"
+nproc
+timeout "${BENCH_S:-270}" python3 benchmarks/gpu_bench.py --per-size "${PER_SIZE:-5000}" \
+    --out "$OUT" "$@" 2>&1 | grep -v "No pretrained weights" | tee "$OUT/log.txt"
+[ -n "${SKIP_EXTRAS:-}" ] || timeout "${EXTRAS_S:-200}" python3 benchmarks/gpu_extras.py --images /tmp/gpu-bench/images \
+    --out "$OUT" 2>&1 | grep -v "No pretrained weights\|Train Epoch\|INFO" | tee -a "$OUT/log.txt"

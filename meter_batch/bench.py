@@ -284,6 +284,7 @@ def bench_encode(
     batch_size: int,
     device: str,
     exact: bool,
+    jpeg_decode: str = "auto",
 ) -> dict[str, Any]:
     """Decode capacity, model capacity and end-to-end encode on one folder, and the bound.
 
@@ -305,6 +306,7 @@ def bench_encode(
         workers=workers,
         device=device,
         exact=exact,
+        jpeg_decode=jpeg_decode,
     )
     result = _capacities(config)
     from meter_batch.pipeline import encode
@@ -327,9 +329,11 @@ def bench_encode(
 
 
 def _capacities(config: Any) -> dict[str, Any]:
-    from meter_batch.decode import DecodeOptions, ImageFiles, split_preprocess
+    from meter_batch.decode import ImageFiles, split_preprocess
     from meter_batch.encode import ImageEncoder, plan_device
+    from meter_batch.gpu_decode import DeviceJpegDecoder
     from meter_batch.model import load_model
+    from meter_batch.pipeline import decode_options
     from meter_batch.scan import collect_work
     from meter_batch.workers import LoaderSettings, decoded_batches
 
@@ -337,13 +341,16 @@ def _capacities(config: Any) -> dict[str, Any]:
     stage = split_preprocess(loaded.reference_preprocess)
     device = plan_device(config.device, config.precision)
     work = collect_work(config.images_dir)
-    draft = None if config.exact else stage.short_side
-    options = DecodeOptions(stage.transform, config.max_pixels, draft)
+    options = decode_options(config, loaded, stage, device)
     dataset = ImageFiles(os.fsencode(config.images_dir.resolve()), work, options)
     settings = LoaderSettings(config.batch_size, config.workers, device.is_cuda, 60.0)
+    on_device = DeviceJpegDecoder(device.device, stage.short_side, options)
     started, decoded = time.perf_counter(), 0
     for batch in decoded_batches(dataset, list(range(len(work))), settings):
-        decoded += len(batch.indices)
+        merged, _ = on_device(batch)  # plain JPEGs decode on the GPU when it has one
+        decoded += len(merged.indices)
+    if device.is_cuda:
+        torch.cuda.synchronize()
     decode_s = max(time.perf_counter() - started, 1e-9)
     encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
     plain = _plain_loop_rate(config.images_dir, work, loaded.reference_preprocess)
@@ -352,6 +359,7 @@ def _capacities(config: Any) -> dict[str, Any]:
         "device": str(device.device),
         "precision": device.precision,
         "path": "exact" if config.exact else "fast",
+        "jpeg_decode": "device" if options.jpeg_on_device else "workers",
         "workers": config.workers,
         "batch_size": config.batch_size,
         "decode_per_s": round(decoded / decode_s, 1),

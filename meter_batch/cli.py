@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from meter_batch import __version__
-from meter_batch.config import DEVICES, PRECISIONS, EncodeConfig, ModelSpec, default_workers
+from meter_batch.config import (
+    DEVICES,
+    JPEG_DECODERS,
+    PRECISIONS,
+    EncodeConfig,
+    ModelSpec,
+    default_workers,
+)
 from meter_batch.errors import EXIT_CODES, ConfigError, MeterBatchError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -52,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rebuild_index(commands)
     _add_run(commands)
     _add_demo(commands)
+    _add_synth(commands)
+    _add_finetune(commands)
     _add_bench(commands)
     return parser
 
@@ -118,6 +127,14 @@ def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="decode every JPEG in full (the reference pixels) instead of the fast DCT-scaled "
         "path for large JPEGs; the store records which path each run used",
     )
+    parser.add_argument(
+        "--jpeg-decode",
+        choices=JPEG_DECODERS,
+        default="auto",
+        help="where plain JPEGs are decoded: auto = on the GPU (nvjpeg) when the model runs "
+        "on one and not --exact, else by the workers; workers = always PIL in the workers; "
+        "device = on the model's device (default: auto)",
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: auto")
     parser.add_argument(
         "--precision",
@@ -144,6 +161,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         decode_timeout=args.decode_timeout,
         exact=args.exact,
+        jpeg_decode=args.jpeg_decode,
     )
     summary = encode(config)
     print(json.dumps(summary.to_json()))
@@ -366,39 +384,152 @@ def _run_job(args: argparse.Namespace) -> int:
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "demo",
-        help="generate sample images and encode them (the README's first command)",
-        description="Generate a folder of sample images (plus two broken files), encode it "
-        "into a store with RN50 and random weights, and show how to query the result.",
+        help="the shipped meter model on meters it never saw (the README's first command)",
+        description="Render held-out synthetic meters (a seed never used in training), encode "
+        "them with the shipped tiny meter model, classify them with the seed's Japanese labels, "
+        "an English label set phrased unlike any training caption, and a housing-colour set, "
+        "and print a confusion table and the accuracy of each.",
     )
     parser.add_argument(
         "--dir", type=Path, default=Path("demo-output"), help="default: demo-output"
     )
-    parser.add_argument("--count", type=int, default=200, help="sample images (default: 200)")
-    parser.add_argument("--model", default="RN50", help="default: RN50 (random weights)")
+    parser.add_argument("--count", type=int, default=600, help="held-out images (default: 600)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="decoders")
     parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from meter_batch.pipeline import encode
-    from meter_batch.samples import write_sample_images
+    from meter_batch.demo import HELD_OUT_SEED, run_demo
 
-    images, store = args.dir / "images", args.dir / "store"
-    written = write_sample_images(images, args.count, seed=0)
-    logging.getLogger("meter_batch").info("wrote %d sample files to %s", written, images)
-    config = EncodeConfig(
-        images_dir=images,
-        store=store,
-        model=ModelSpec(name=args.model, pretrained="none"),
-        workers=default_workers(),
-    )
-    summary = encode(config)
-    print(json.dumps(summary.to_json()))
-    labels = Path(__file__).resolve().parents[1] / "jobs" / "labelsets" / "meter-type.toml"
+    if args.count < 3:
+        raise ConfigError("--count must be >= 3 (one image of each meter type)")
+    results = run_demo(args.dir, args.count, args.workers)
+    store = args.dir / "store"
+    print(f"\n{args.count} held-out synthetic meters (seed {HELD_OUT_SEED}), shipped model")
+    for result in results:
+        print(
+            f"\nlabel set {result.label_set}: accuracy {result.accuracy:.1%} "
+            f"({result.total} images)\n{result.table()}"
+        )
     print(
         f"\nstore:  {store}  (DuckDB catalog: {store / 'catalog.duckdb'})\n"
-        f"next:   meter-batch classify --store {store} --labels {labels}\n"
-        f'        meter-batch query {store} "SELECT count(*) AS images, max(width) FROM images"\n'
-        f"        (the demo model has random weights: its labels mean nothing yet)"
+        f"try:    meter-batch query {store} "
+        '"SELECT label_set, label, count(*) AS n FROM latest_predictions '
+        'GROUP BY ALL ORDER BY ALL"\n'
+        f'        meter-batch search --store {store} "アナログメーター丸型" -k 5'
+    )
+    return 0
+
+
+def _add_synth(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "synth",
+        help="render synthetic meter photos with captions (training or test data)",
+        description="Render COUNT synthetic meters (digital 7-segment, rotary counter, round "
+        "analog; balanced) into OUT/images, with OUT/captions.csv (tab-separated filepath/title, "
+        "English and Japanese captions) and OUT/truth.csv (what each image shows). Image i "
+        "depends only on (seed, i): another seed is a disjoint held-out set.",
+    )
+    parser.add_argument("out", type=Path, metavar="OUT")
+    parser.add_argument("--count", type=int, default=3000, help="images (default: 3000)")
+    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument(
+        "--captions-per-image", type=int, default=2, help="caption rows per image (default: 2)"
+    )
+    parser.add_argument("--workers", type=int, default=default_workers(), help="processes")
+    parser.set_defaults(handler=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from meter_batch.synthetic import write_synthetic_set
+
+    if args.count < 1 or args.captions_per_image < 1:
+        raise ConfigError("--count and --captions-per-image must be >= 1")
+    written = write_synthetic_set(
+        args.out, args.count, args.seed, args.captions_per_image, args.workers, progress=True
+    )
+    print(
+        json.dumps(
+            {
+                "images": written.count,
+                "images_dir": str(written.images_dir),
+                "captions_csv": str(written.captions_csv),
+                "truth_csv": str(written.truth_csv),
+            }
+        )
+    )
+    return 0
+
+
+def _add_finetune(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "finetune",
+        help="train or fine-tune a CLIP model with open_clip's trainer",
+        description="Run open_clip_train (pip install 'meter_batch[training]') on a caption "
+        "table, then write OUT/model.safetensors and OUT/<architecture>.json: pass them to "
+        "encode as --pretrained and --model.",
+    )
+    parser.add_argument(
+        "train_csv",
+        type=Path,
+        metavar="CAPTIONS_CSV",
+        help="table of (image path, caption), comma- or tab-separated, with a header; relative "
+        "paths are relative to the table's folder",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--model",
+        default="RN50",
+        help="open_clip architecture name, or a JSON model config file (default: RN50)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default="none",
+        help="starting weights: a local checkpoint, a cached open_clip tag, or none "
+        "(from scratch; default)",
+    )
+    parser.add_argument("--epochs", type=int, default=1, help="default: 1")
+    parser.add_argument("--batch-size", type=int, default=64, help="default: 64")
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (5e-4)")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: 100)")
+    parser.add_argument("--wd", type=float, default=0.1, help="weight decay (default: 0.1)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--workers", type=int, default=2, help="data loader workers (2)")
+    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument("--image-column", default="filepath", help="default: filepath")
+    parser.add_argument("--caption-column", default="title", help="default: title")
+    parser.add_argument(
+        "--half", action="store_true", help="store the weights as float16 (half the size)"
+    )
+    parser.set_defaults(handler=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from meter_batch.finetune import FinetuneOptions, finetune
+
+    result = finetune(
+        FinetuneOptions(
+            train_csv=args.train_csv,
+            out_dir=args.out,
+            model=args.model,
+            pretrained=args.pretrained,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup=args.warmup,
+            weight_decay=args.wd,
+            device=args.device,
+            workers=args.workers,
+            seed=args.seed,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            half=args.half,
+        )
+    )
+    print(json.dumps({k: str(v) for k, v in dataclasses.asdict(result).items()}))
+    print(
+        f"\nuse it:  meter-batch encode IMAGES_DIR --store STORE "
+        f"--model {result.config} --pretrained {result.weights}"
     )
     return 0
 
@@ -427,6 +558,7 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--batch-size", type=int, default=64, help="encode (default: 64)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="encode")
     parser.add_argument("--exact", action="store_true", help="encode: the reference path")
+    parser.add_argument("--jpeg-decode", choices=JPEG_DECODERS, default="auto", help="encode")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.set_defaults(handler=_run_bench)
 
@@ -447,6 +579,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                 args.batch_size,
                 args.device,
                 args.exact,
+                args.jpeg_decode,
             )
         )
         print(json.dumps(result))

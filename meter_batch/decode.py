@@ -51,6 +51,7 @@ class DecodeOptions:
     pixel_fn: PixelFn
     max_pixels: int
     draft_to: int | None = None
+    jpeg_on_device: bool = False  # plain JPEGs: ship the bytes, the model's device decodes
 
 
 def split_preprocess(preprocess: Any) -> PixelStage:
@@ -88,6 +89,7 @@ class Decoded:
     content_hash: bytes = b""
     kind: str | None = None
     message: str = ""
+    jpeg: bytes = b""  # a plain JPEG's bytes, for gpu_decode (then ``pixels`` is None)
 
 
 def configure_decoder_process(in_worker: bool = True) -> None:
@@ -138,6 +140,12 @@ def decode_file(path: bytes, index: int, options: DecodeOptions) -> Decoded:
     if data is None:
         return result  # unstable: recorded by _read_stable
     result.content_hash = content_hash(data)
+    decode_into_result(result, data, options)
+    return result
+
+
+def decode_into_result(result: Decoded, data: bytes, options: DecodeOptions) -> None:
+    """Pixels (or shipped JPEG bytes) into ``result``; a problem becomes its failure kind."""
     try:
         _decode_into(result, data, options)
     except MemoryError:
@@ -146,7 +154,6 @@ def decode_file(path: bytes, index: int, options: DecodeOptions) -> Decoded:
     except Exception as exc:
         result.pixels = None
         result.kind, result.message = classify_decode_error(exc, data)
-    return result
 
 
 def _read_stable(path: bytes, result: Decoded) -> bytes | None:
@@ -175,6 +182,9 @@ def _decode_into(result: Decoded, data: bytes, options: DecodeOptions) -> None:
             )
             return
         result.frames = frame_count(image)
+        if options.jpeg_on_device and result.frames == 1 and is_plain_jpeg(image, data):
+            result.jpeg = data
+            return
         if result.frames > 1:
             image.seek(0)  # only multi-frame files: some formats refuse seek() otherwise
         if options.draft_to and image.format == "JPEG":
@@ -182,6 +192,20 @@ def _decode_into(result: Decoded, data: bytes, options: DecodeOptions) -> None:
         image.load()
         pixels = options.pixel_fn(normalize_image(image))
     result.pixels = np.asarray(pixels, dtype=np.uint8)
+
+
+def is_plain_jpeg(image: Image.Image, data: bytes) -> bool:
+    """A JPEG whose pixels need none of pixels.normalize_image's corrections (no CMYK,
+    no EXIF rotation), so the device decoder's plain RGB output is the right picture.
+    It must end with the EOI marker: nvjpeg may fill a truncated file's rest with grey
+    where the CPU path records it as `truncated`."""
+    return (
+        data.rstrip(b"\0").endswith(b"\xff\xd9")
+        and image.format == "JPEG"
+        and image.mode in ("RGB", "L")
+        and "transparency" not in image.info
+        and image.getexif().get(_ORIENTATION, 1) == 1
+    )
 
 
 def _draft(image: Image.Image, short_side: int) -> None:
@@ -194,6 +218,7 @@ def _draft(image: Image.Image, short_side: int) -> None:
         image.draft(image.mode, (int(width * scale) + 1, int(height * scale) + 1))
 
 
+_ORIENTATION = 0x0112  # EXIF tag
 _UNSUPPORTED_BRANDS = (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1", b"ftypavif")
 
 
@@ -247,6 +272,7 @@ class DecodedBatch:
     pixels: torch.Tensor
     good: list[Decoded]  # per success: sizes, frames, hash (pixels dropped)
     failures: list[Decoded] = field(default_factory=list)
+    jpegs: list[Decoded] = field(default_factory=list)  # bytes for the device decoder
 
     def pin_memory(self) -> DecodedBatch:  # called by DataLoader(pin_memory=True)
         self.pixels = self.pixels.pin_memory()
@@ -267,4 +293,5 @@ def collate_decoded(items: Sequence[Decoded]) -> DecodedBatch:
         pixels=pixels,
         good=good,
         failures=[item for item in items if item.kind is not None],
+        jpegs=[item for item in items if item.kind is None and item.jpeg],
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from meter_batch.config import (
     DEVICES,
+    JPEG_DECODERS,
     PRECISIONS,
     EncodeConfig,
     ModelSpec,
@@ -43,8 +44,10 @@ class EncodeSettings:
     max_pixels: int = 100_000_000
     decode_timeout: float = 60.0
     exact: bool = False
+    jpeg_decode: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_choice("encode.jpeg_decode", self.jpeg_decode, JPEG_DECODERS)
         _check_positive("encode.batch_size", self.batch_size)
         _check_positive("encode.workers", self.workers, minimum=0)
         _check_positive("encode.commit_every", self.commit_every)
@@ -81,6 +84,7 @@ class Job:
                 max_pixels=settings.max_pixels,
                 decode_timeout=settings.decode_timeout,
                 exact=settings.exact,
+                jpeg_decode=settings.jpeg_decode,
                 path_prefix=root.prefix,
             )
             for root in self.roots

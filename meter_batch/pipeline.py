@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +19,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
+import torch
 
 from meter_batch import __version__, faults
 from meter_batch.changes import Plan, fetch_rows, plan_changes, tombstoned_ids
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.decode import DecodedBatch, DecodeOptions, ImageFiles, split_preprocess
+from meter_batch.decode import (
+    DecodedBatch,
+    DecodeOptions,
+    ImageFiles,
+    PixelStage,
+    split_preprocess,
+)
 from meter_batch.encode import DevicePlan, ImageEncoder, plan_device
 from meter_batch.errors import ConfigError, InputError, ModelMismatchError
+from meter_batch.gpu_decode import RESIZE_MODES, DeviceJpegDecoder
 from meter_batch.index import (
     add_embeddings,
     index_ids,
@@ -49,7 +59,7 @@ from meter_batch.store import (
     staged_path,
     update_model_source,
 )
-from meter_batch.vectors import BATCH_ROWS, iter_vectors
+from meter_batch.vectors import BATCH_ROWS, iter_vectors, prefetch
 from meter_batch.views import catalog_is_current, refresh_catalog
 from meter_batch.workers import LoaderSettings, decoded_batches
 from meter_batch.write import (
@@ -137,9 +147,13 @@ class _EncodeRun:
         self.commits = 0
         self.loop_seconds = 0.0  # decode + encode + writes + commits, without model load / scan
         self.pending_supersedes: list[tuple[bytes, int | None, str]] = []
+        self.jpeg_on_device = False
 
     def execute(self, loaded: LoadedModel, interactive: bool | None, started: float) -> None:
         device = plan_device(self.config.device, self.config.precision)
+        stage = split_preprocess(loaded.reference_preprocess)
+        options = decode_options(self.config, loaded, stage, device)
+        self.jpeg_on_device = options.jpeg_on_device
         index = reconcile_index(self.store, _open_index(self.store))
         standing = self.changes.standing
         self.writer.add_failures(  # unreadable folders: recorded once, not every night
@@ -153,7 +167,7 @@ class _EncodeRun:
         loop_started = time.monotonic()
         with Progress(len(self.changes.encode), "encode", interactive) as progress:
             for batch, embeddings in _encoded_batches(
-                self.config, loaded, device, self.work, self.changes.encode
+                self.config, loaded, (stage, options, device), self.work, self.changes.encode
             ):
                 self._add_batch(batch, embeddings, index)
                 progress.update(len(batch.indices) + len(batch.failures))
@@ -331,22 +345,79 @@ def _open_index(store: Store) -> faiss.IndexIDMap2:
 def _encoded_batches(
     config: EncodeConfig,
     loaded: LoadedModel,
-    device: DevicePlan,
+    how: tuple[PixelStage, DecodeOptions, DevicePlan],
     work: WorkList,
     positions: list[int],
 ) -> Iterator[tuple[DecodedBatch, np.ndarray | None]]:
     if not positions:
         return
-    stage = split_preprocess(loaded.reference_preprocess)
-    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
+    stage, options, device = how
     folder = os.fsencode(config.images_dir.resolve())
-    draft_to = None if config.exact else stage.short_side
-    dataset = ImageFiles(folder, work, DecodeOptions(stage.transform, config.max_pixels, draft_to))
+    dataset = ImageFiles(folder, work, options)
     settings = LoaderSettings(
         config.batch_size, config.workers, device.is_cuda, config.decode_timeout
     )
-    for batch in decoded_batches(dataset, positions, settings):
-        yield batch, (encoder(batch.pixels) if batch.indices else None)
+    batches = decoded_batches(dataset, positions, settings)
+    encoder, first = _start_concurrently(loaded, stage, device, settings.batch_size, batches)
+    if first is None:
+        return
+    on_device = DeviceJpegDecoder(device.device, stage.short_side, options)
+    decoded: Iterator[tuple[DecodedBatch, torch.Tensor]] = (
+        on_device(batch) for batch in itertools.chain([first], batches)
+    )
+    if options.jpeg_on_device:  # the next batches' GPU decoding overlaps model and writes
+        decoded = prefetch(decoded, depth=2)
+    for batch, pixels in decoded:
+        yield batch, (encoder(pixels) if batch.indices else None)
+
+
+def decode_options(
+    config: EncodeConfig, loaded: LoadedModel, stage: PixelStage, device: DevicePlan
+) -> DecodeOptions:
+    """The fast path's DCT scaling unless exact; JPEGs on the device where that pays."""
+    on_device = config.jpeg_decode == "device" or (
+        config.jpeg_decode == "auto" and device.is_cuda and not config.exact
+    )
+    cfg: dict[str, Any] = dict(loaded.identity.preprocess)
+    mode, interpolation = cfg.get("resize_mode", "shortest"), cfg.get("interpolation", "bicubic")
+    if on_device and (mode not in RESIZE_MODES or interpolation != "bicubic"):
+        log.info(
+            "JPEGs are decoded by the workers: the device decoder does not reproduce "
+            "resize_mode %r / interpolation %r",
+            mode,
+            interpolation,
+        )
+        on_device = False
+    draft_to = None if config.exact else stage.short_side
+    return DecodeOptions(stage.transform, config.max_pixels, draft_to, on_device)
+
+
+def _start_concurrently(
+    loaded: LoadedModel,
+    stage: PixelStage,
+    device: DevicePlan,
+    batch_size: int,
+    batches: Iterator[DecodedBatch],
+) -> tuple[ImageEncoder, DecodedBatch | None]:
+    """Move the model to the device (and warm a GPU up) while the first batch decodes.
+
+    Worker start-up, the first decode, the weight transfer and CUDA's first-call set-up
+    each take up to a second; overlapped instead of added, they cost a short run much less.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="model-start") as pool:
+        pending = pool.submit(_ready_encoder, loaded, stage, device, batch_size)
+        first = next(batches, None)
+        return pending.result(), first
+
+
+def _ready_encoder(
+    loaded: LoadedModel, stage: PixelStage, device: DevicePlan, batch_size: int
+) -> ImageEncoder:
+    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
+    if device.is_cuda:
+        side = stage.short_side
+        encoder(torch.zeros((batch_size, side, side, 3), dtype=torch.uint8))
+    return encoder
 
 
 def _rows(work: WorkList, batch: DecodedBatch, embeddings: np.ndarray, prefix: bytes) -> ImageRows:
@@ -395,6 +466,7 @@ def _run_record(
         "device": str(device.device),
         "precision": device.precision,
         "preprocess_path": "exact" if config.exact else "fast",
+        "jpeg_decode": "device" if run.jpeg_on_device else "workers",
         "meter_batch_version": __version__,
     }
 

@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -77,11 +78,13 @@ def _as_matrix(column: pa.FixedSizeBinaryArray, dim: int) -> np.ndarray:
 _DONE = object()
 
 
-def prefetch(
-    source: Iterator[tuple[np.ndarray, np.ndarray]], depth: int = 4
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Run ``source`` on a reader thread, ``depth`` batches ahead: file reads (which
-    release the GIL) overlap the consumer's arithmetic. Errors re-raise in the consumer."""
+T = TypeVar("T")
+
+
+def prefetch(source: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """Run ``source`` on a thread, ``depth`` items ahead: file reads (which release the
+    GIL) overlap the consumer's arithmetic; encode uses it for GPU JPEG decoding too.
+    Errors re-raise in the consumer."""
     slots: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 

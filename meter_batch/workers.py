@@ -61,7 +61,7 @@ def decoded_batches(
         delivered = 0
         try:
             for batch in _loader(dataset, positions[start:], settings):
-                delivered += len(batch.indices) + len(batch.failures)
+                delivered += len(batch.indices) + len(batch.failures) + len(batch.jpegs)
                 yield batch
             return
         except Exception as exc:

@@ -116,8 +116,9 @@ EXPECTED_FAILURES = {
 }
 
 
-def test_every_file_is_encoded_or_a_failure_with_a_kind(tmp_path, corpus, configs):
-    summary = _encode(corpus, tmp_path / "store", configs["vit"], workers=0)
+@pytest.mark.parametrize("jpeg_decode", ["workers", "device"])
+def test_every_file_is_encoded_or_a_failure_with_a_kind(tmp_path, corpus, configs, jpeg_decode):
+    summary = _encode(corpus, tmp_path / "store", configs["vit"], jpeg_decode=jpeg_decode)
     files = len(os.listdir(corpus))
     assert summary.scanned == files == summary.encoded + summary.failed
     failures = run_query(tmp_path / "store", "SELECT path, kind, message FROM failures")
@@ -134,7 +135,7 @@ def test_every_file_is_encoded_or_a_failure_with_a_kind(tmp_path, corpus, config
     sjis = [r for r in rows.values() if r["path_bytes"] is not None]
     assert [r["path_bytes"] for r in sjis] == ["メーター".encode("shift_jis") + b".png"]
     assert "\ufffd" in sjis[0]["path"]
-    again = _encode(corpus, tmp_path / "store", configs["vit"], workers=0)
+    again = _encode(corpus, tmp_path / "store", configs["vit"], jpeg_decode=jpeg_decode)
     # raw names match; only the over-cap panorama is tried again (the cap may change)
     assert (again.skipped, again.encoded, again.failed) == (files - 1, 0, 1)
 

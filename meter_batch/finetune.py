@@ -1,0 +1,225 @@
+"""Fine-tune (or train from scratch) a CLIP model with open_clip's own trainer.
+
+This is a thin wrapper over ``open_clip_train`` (the ``training`` extra): it checks the
+caption table, resolves the starting weights to a local file (nothing is downloaded),
+runs the trainer in a child process, and turns its last checkpoint into a
+``.safetensors`` file plus the model config, i.e. exactly what ``encode --model
+CONFIG --pretrained WEIGHTS`` takes. The training loop, loss and schedule are open_clip's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from meter_batch.errors import ConfigError, InputError, ModelError
+from meter_batch.model import NO_WEIGHTS, read_state_dict, resolve_architecture, resolve_weights
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMN = "filepath"  # open_clip_train's default column names
+CAPTION_COLUMN = "title"
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """One training run. ``model`` is an open_clip name or a JSON model config."""
+
+    train_csv: Path
+    out_dir: Path
+    model: str = "RN50"
+    pretrained: str = NO_WEIGHTS
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    device: str = "auto"  # auto | cpu | cuda
+    workers: int = 2
+    seed: int = 0
+    image_column: str = IMAGE_COLUMN
+    caption_column: str = CAPTION_COLUMN
+    half: bool = False  # store the weights as float16 (half the file size)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be one of auto, cpu, cuda, not {self.device!r}")
+        if self.lr <= 0:
+            raise ConfigError("lr must be > 0")
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    weights: Path  # model.safetensors
+    config: Path  # the model config JSON that goes with it
+    rows: int  # (image, caption) pairs trained on per epoch
+    device: str
+
+
+def finetune(options: FinetuneOptions) -> FinetuneResult:
+    """Train, then write ``out_dir/model.safetensors`` and ``out_dir/<architecture>.json``."""
+    _check_trainer_installed()
+    architecture, config = resolve_architecture(options.model)
+    weights = resolve_weights(architecture, options.pretrained)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    # Named after the architecture: the trainer's process registers it under that name.
+    config_path = options.out_dir / f"{architecture}.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    device = _pick_device(options.device)
+    with tempfile.TemporaryDirectory(prefix="meter-batch-train-", dir=options.out_dir) as work:
+        table = Path(work) / "train.tsv"
+        rows = write_training_table(options, table)
+        if rows < options.batch_size:
+            raise InputError(
+                f"{options.train_csv} has {rows} usable rows, fewer than one batch "
+                f"({options.batch_size}); lower --batch-size or add data"
+            )
+        argv = trainer_arguments(options, table, Path(work), device, weights.path)
+        _run_trainer(config_path, argv)
+        checkpoint = _last_checkpoint(Path(work) / "run" / "checkpoints")
+        weights_path = options.out_dir / "model.safetensors"
+        export_safetensors(checkpoint, weights_path, options.half)
+    return FinetuneResult(weights_path, config_path, rows, device)
+
+
+def _check_trainer_installed() -> None:
+    try:
+        import open_clip_train.main  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"open_clip's trainer is not installed ({exc}); "
+            "install it with: pip install 'meter_batch[training]'"
+        ) from exc
+
+
+def _pick_device(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def write_training_table(options: FinetuneOptions, out: Path) -> int:
+    """Copy the caption table as open_clip's CSV reader wants it: TSV, absolute paths.
+
+    Relative image paths are taken relative to the table's folder. A missing image or an
+    empty caption is a clear error before training starts, not a crash an hour in.
+    """
+    rows = list(_read_caption_rows(options))
+    base = options.train_csv.parent
+    missing: list[str] = []
+    with out.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow([IMAGE_COLUMN, CAPTION_COLUMN])
+        for path_text, caption in rows:
+            path = (base / path_text).resolve()
+            if not path.is_file():
+                missing.append(path_text)
+                continue
+            writer.writerow([str(path), " ".join(caption.split())])
+    if missing:
+        shown = ", ".join(missing[:3])
+        raise InputError(f"{len(missing)} image(s) in {options.train_csv} not found: {shown}")
+    return len(rows)
+
+
+def _read_caption_rows(options: FinetuneOptions) -> list[tuple[str, str]]:
+    try:
+        text = options.train_csv.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read caption table {options.train_csv}: {exc}") from exc
+    first_line = text.split("\n", 1)[0]
+    reader = csv.DictReader(text.splitlines(), delimiter="\t" if "\t" in first_line else ",")
+    columns = (options.image_column, options.caption_column)
+    if not reader.fieldnames or any(c not in reader.fieldnames for c in columns):
+        raise InputError(
+            f"{options.train_csv} needs the columns {columns[0]!r} and {columns[1]!r} "
+            f"(found: {reader.fieldnames}); see --image-column / --caption-column"
+        )
+    rows = [(r[columns[0]] or "", r[columns[1]] or "") for r in reader]
+    empty = sum(1 for path, caption in rows if not path.strip() or not caption.strip())
+    if empty:
+        raise InputError(f"{options.train_csv}: {empty} row(s) with an empty path or caption")
+    return rows
+
+
+def trainer_arguments(
+    options: FinetuneOptions, table: Path, work: Path, device: str, weights: Path | None
+) -> list[str]:
+    """The open_clip_train command line for these options."""
+    architecture, _ = resolve_architecture(options.model)
+    argv = [
+        f"--train-data={table}",
+        "--dataset-type=csv",
+        "--csv-separator=\t",
+        f"--csv-img-key={IMAGE_COLUMN}",
+        f"--csv-caption-key={CAPTION_COLUMN}",
+        f"--model={architecture}",
+        f"--epochs={options.epochs}",
+        f"--batch-size={options.batch_size}",
+        f"--lr={options.lr}",
+        f"--warmup={options.warmup}",
+        f"--wd={options.weight_decay}",
+        f"--workers={options.workers}",
+        f"--seed={options.seed}",
+        f"--device={device}",
+        # bf16 autocast on a GPU; plain fp32 on the CPU, where autocast is slower
+        f"--precision={'amp_bf16' if device == 'cuda' else 'fp32'}",
+        f"--logs={work}",
+        "--name=run",
+        "--save-frequency=1",
+        "--delete-previous-checkpoint",
+        "--log-every-n-steps=50",
+        "--report-to=",
+    ]
+    if weights is not None:
+        argv.append(f"--pretrained={weights}")
+    return argv
+
+
+def _run_trainer(config_path: Path, argv: list[str]) -> None:
+    """Run open_clip_train.main in a child process with our model config registered."""
+    command = [sys.executable, "-m", "meter_batch.train_entry", str(config_path), *argv]
+    log.info("training: %s", " ".join(command))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, env=env, check=False)
+    if result.returncode != 0:
+        raise ModelError(
+            f"open_clip_train exited with status {result.returncode} (its log is above)"
+        )
+
+
+def _last_checkpoint(folder: Path) -> Path:
+    numbered = [p for p in folder.glob("epoch_*.pt") if p.stem[len("epoch_") :].isdigit()]
+    checkpoints = sorted(numbered, key=lambda p: int(p.stem[len("epoch_") :]))
+    if not checkpoints:
+        raise ModelError(f"open_clip_train wrote no checkpoint into {folder}")
+    return checkpoints[-1]
+
+
+def export_safetensors(checkpoint: Path, out: Path, half: bool) -> None:
+    """open_clip_train checkpoint (state dict + optimizer) -> weights-only safetensors."""
+    from safetensors.torch import save_file
+
+    state = read_state_dict(checkpoint)
+    tensors = {
+        k.removeprefix("module."): (v.half() if half and v.is_floating_point() else v).contiguous()
+        for k, v in state.items()
+    }
+    temporary = out.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(temporary), metadata={"format": "pt"})
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, out)

@@ -1,0 +1,89 @@
+"""The device JPEG decoder (nvjpeg on a GPU; torchvision's libjpeg here on the CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from meter_batch import gpu_decode
+from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.decode import DecodeOptions
+from meter_batch.errors import ConfigError
+from meter_batch.pipeline import encode
+from meter_batch.store import open_store
+from meter_batch.views import run_query
+from tests.conftest import make_images
+from tests.test_odd_files import arrow_picture
+
+
+def _encode(images: Path, store: Path, model: Path, **kw):  # type: ignore[no-untyped-def]
+    config = EncodeConfig(images_dir=images, store=store, model=ModelSpec(str(model), "none"), **kw)
+    return encode(config, interactive=False)
+
+
+def _vectors(store: Path) -> dict[str, np.ndarray]:
+    rows = run_query(store, "SELECT path, embedding FROM images").to_pylist()
+    return {r["path"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
+
+
+@pytest.fixture
+def jpeg_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    make_images(folder, 12)  # JPEG and PNG, RGB / L / RGBA
+    for number, size in enumerate(((640, 480), (333, 517), (1200, 700))):
+        arrow_picture(size).save(folder / f"big-{number}.jpg", quality=88)
+    return folder
+
+
+def test_device_decoded_jpegs_embed_like_the_reference(tmp_path, jpeg_dir, configs):
+    device = _encode(jpeg_dir, tmp_path / "dev", configs["vit"], workers=2, jpeg_decode="device")
+    exact = _encode(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0, exact=True)
+    assert device.encoded == exact.encoded == 15 and device.failed == 0
+    ours, reference = _vectors(tmp_path / "dev"), _vectors(tmp_path / "ref")
+    assert sorted(ours) == sorted(reference)
+    cosines = [float(ours[p] @ reference[p]) for p in reference]
+    assert min(cosines) >= 0.995 and float(np.mean(cosines)) >= 0.999
+    assert open_store(tmp_path / "dev").manifest.runs[-1]["jpeg_decode"] == "device"
+    auto = _encode(jpeg_dir, tmp_path / "auto", configs["vit"], workers=0)
+    # auto on a CPU: PIL in the workers
+    assert open_store(tmp_path / "auto").manifest.runs[-1]["jpeg_decode"] == "workers"
+    assert auto.encoded == 15
+
+
+def test_files_the_device_decoder_rejects_are_decoded_on_the_cpu(
+    tmp_path, jpeg_dir, configs, monkeypatch
+):
+    real = gpu_decode.DeviceJpegDecoder._decode
+
+    def picky(self, tensors):  # type: ignore[no-untyped-def]
+        if len(tensors) > 1 or int(tensors[0].numel()) % 2:  # batches, and odd-sized files
+            raise RuntimeError("nvjpeg says no")
+        return real(self, tensors)
+
+    monkeypatch.setattr(gpu_decode.DeviceJpegDecoder, "_decode", picky)
+    summary = _encode(jpeg_dir, tmp_path / "dev", configs["vit"], workers=0, jpeg_decode="device")
+    reference = _encode(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0)
+    assert summary.encoded == reference.encoded == 15 and summary.failed == 0
+    ours, theirs = _vectors(tmp_path / "dev"), _vectors(tmp_path / "ref")
+    odd = [p for p in theirs if p.endswith(".jpg") and (jpeg_dir / p).stat().st_size % 2]
+    assert odd  # some files really took the CPU fallback ...
+    for path in odd:  # ... and came out exactly like the workers' PIL decoding
+        assert np.allclose(ours[path], theirs[path], atol=2e-3)
+
+
+def test_resize_crop_matches_torchvision_geometry():
+    options = DecodeOptions(lambda image: image, 10**8)
+    decoder = gpu_decode.DeviceJpegDecoder(torch.device("cpu"), 64, options)
+    image = torch.zeros((3, 90, 200), dtype=torch.uint8)
+    image[:, :, 100:] = 255  # right half white: the crop must be centred
+    out = decoder.resize_crop(image)
+    assert out.shape == (64, 64, 3)
+    assert out[:, :30].float().mean() < 5 and out[:, 34:].float().mean() > 250
+
+
+def test_exact_excludes_device_decoding(tmp_path):
+    with pytest.raises(ConfigError, match="exclude each other"):
+        EncodeConfig(images_dir=tmp_path, store=tmp_path / "s", exact=True, jpeg_decode="device")
