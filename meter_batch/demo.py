@@ -9,6 +9,7 @@ table and the accuracy of each, from the stored embeddings alone.
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from meter_batch.config import EncodeConfig, ModelSpec, default_workers
 from meter_batch.pipeline import RunSummary, classify, encode
 from meter_batch.views import run_query
 
+log = logging.getLogger("meter_batch")
+
 MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 MODEL_CONFIG = MODEL_DIR / "meter-clip-tiny.json"
-MODEL_WEIGHTS = MODEL_DIR / "meter-clip-tiny.safetensors"
+MODEL_WEIGHTS = MODEL_DIR / "model.safetensors"
 TRAINING_SEED = 0  # the shipped model was trained on seed 0's renders (demo_model/README.md)
 HELD_OUT_SEED = 1_000_003  # never used in training
 UNKNOWN = "unknown"  # an abstained prediction
@@ -90,9 +93,11 @@ def run_demo(folder: Path, count: int, workers: int | None = None) -> list[Confu
     for old in ("heldout", "store"):  # the demo's own outputs from an earlier run
         shutil.rmtree(folder / old, ignore_errors=True)
     workers = default_workers() if workers is None else workers
+    log.info("rendering %d held-out meters (seed %d) into %s", count, HELD_OUT_SEED, folder)
     rendered = write_synthetic_set(folder / "heldout", count, HELD_OUT_SEED, 1, workers)
     store = folder / "store"
-    encode_demo(rendered.images_dir, store, workers)
+    summary = encode_demo(rendered.images_dir, store, workers)
+    log.info("encoded %d images (%.0f img/s) into %s", summary.encoded, summary.images_per_s, store)
     truth = read_truth(rendered.truth_csv)
     results = []
     for check in CHECKS:

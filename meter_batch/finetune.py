@@ -74,6 +74,8 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
     architecture, config = resolve_architecture(options.model)
     weights = resolve_weights(architecture, options.pretrained)
     options.out_dir.mkdir(parents=True, exist_ok=True)
+    if weights.quick_gelu:  # a tag trained with QuickGELU (openai): trainer and encode keep it
+        config = {**config, "quick_gelu": True}
     # Named after the architecture: the trainer's process registers it under that name.
     config_path = options.out_dir / f"{architecture}.json"
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

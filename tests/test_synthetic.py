@@ -127,3 +127,12 @@ def test_a_digital_display_shows_its_colours() -> None:
         for rgb in (background, lit):
             close = np.abs(colours - np.asarray(rgb)).max(axis=1) < 10
             assert close.sum() > 50, (display, rgb)
+
+
+def test_synth_command_writes_a_set(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from meter_batch.cli import main
+
+    assert main(["synth", str(tmp_path / "s"), "--count", "6", "--workers", "1"]) == 0
+    assert '"images": 6' in capsys.readouterr().out
+    assert len(list((tmp_path / "s" / "images").iterdir())) == 6
+    assert main(["synth", str(tmp_path / "t"), "--count", "0"]) == 2

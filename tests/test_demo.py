@@ -1,0 +1,38 @@
+"""The shipped demo model: the checkpoint is the one recorded, and it classifies meters."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from meter_batch.cli import main
+from meter_batch.demo import MODEL_DIR, MODEL_WEIGHTS, run_demo
+
+# A little below what `meter-batch demo` measured on 600 held-out images (README: 99.5 %,
+# 99.5 %, 99.2 %): the first 60 of them are a noisier sample, and a retrained checkpoint
+# must not be worse than this. Goals of the issue: >= 95 % and >= 90 %.
+MIN_ACCURACY = {"meter-type": 0.95, "meter-type-rephrased": 0.93, "housing-colour": 0.93}
+
+
+def test_the_shipped_checkpoint_is_the_recorded_one() -> None:
+    recorded = dict(
+        line.split()[::-1] for line in (MODEL_DIR / "SHA256SUMS").read_text().splitlines()
+    )
+    for name, digest in recorded.items():
+        assert hashlib.sha256((MODEL_DIR / name).read_bytes()).hexdigest() == digest, name
+    assert MODEL_WEIGHTS.name in recorded
+    assert MODEL_WEIGHTS.stat().st_size <= 20 * 1024 * 1024
+
+
+def test_the_demo_classifies_held_out_meters(tmp_path: Path) -> None:
+    results = {r.label_set: r for r in run_demo(tmp_path, 60, workers=0)}
+    assert set(results) == set(MIN_ACCURACY)
+    for name, result in results.items():
+        assert result.total == 60, name
+        assert result.accuracy >= MIN_ACCURACY[name], (name, result.accuracy, result.table())
+
+
+def test_the_demo_command_prints_each_table(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["-q", "demo", "--dir", str(tmp_path), "--count", "30", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("accuracy") == 3 and "right \\ predicted" in out
