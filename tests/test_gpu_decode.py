@@ -79,9 +79,21 @@ def test_resize_crop_matches_torchvision_geometry():
     decoder = gpu_decode.DeviceJpegDecoder(torch.device("cpu"), 64, options)
     image = torch.zeros((3, 90, 200), dtype=torch.uint8)
     image[:, :, 100:] = 255  # right half white: the crop must be centred
-    out = decoder.resize_crop(image)
+    out = decoder.resize_crop(image[None])[0]
     assert out.shape == (64, 64, 3)
     assert out[:, :30].float().mean() < 5 and out[:, 34:].float().mean() > 250
+    # grouped by size, in chunks, each image lands back in its own place
+    other = torch.full((3, 64, 48), 77, dtype=torch.uint8)
+    images = [image, other, image.flip(2), other, image]
+    decoder_chunks = gpu_decode.GROUP
+    gpu_decode.GROUP = 2
+    try:
+        crops = decoder.resize_crop_all(images)
+    finally:
+        gpu_decode.GROUP = decoder_chunks
+    for original, crop in zip(images, crops, strict=True):
+        assert torch.equal(crop, decoder.resize_crop(original[None])[0])
+    assert not torch.equal(crops[0], crops[2])
 
 
 def test_exact_excludes_device_decoding(tmp_path):
