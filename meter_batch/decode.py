@@ -89,7 +89,9 @@ class Decoded:
     content_hash: bytes = b""
     kind: str | None = None
     message: str = ""
-    jpeg: bytes = b""  # a plain JPEG's bytes, for gpu_decode (then ``pixels`` is None)
+    # a plain JPEG's bytes for gpu_decode (then ``pixels`` is None): a uint8 tensor, so it
+    # travels from the worker through shared memory, not pickled through the pipe
+    jpeg: torch.Tensor | None = None
 
 
 def configure_decoder_process(in_worker: bool = True) -> None:
@@ -183,7 +185,7 @@ def _decode_into(result: Decoded, data: bytes, options: DecodeOptions) -> None:
             return
         result.frames = frame_count(image)
         if options.jpeg_on_device and result.frames == 1 and is_plain_jpeg(image, data):
-            result.jpeg = data
+            result.jpeg = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             return
         if result.frames > 1:
             image.seek(0)  # only multi-frame files: some formats refuse seek() otherwise
@@ -293,5 +295,5 @@ def collate_decoded(items: Sequence[Decoded]) -> DecodedBatch:
         pixels=pixels,
         good=good,
         failures=[item for item in items if item.kind is not None],
-        jpegs=[item for item in items if item.kind is None and item.jpeg],
+        jpegs=[item for item in items if item.kind is None and item.jpeg is not None],
     )

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from meter_batch.config import EncodeConfig, ModelSpec, default_workers
+from meter_batch.errors import ConfigError
 from meter_batch.pipeline import RunSummary, classify, encode
 from meter_batch.views import run_query
 
@@ -25,9 +26,10 @@ log = logging.getLogger("meter_batch")
 MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 MODEL_CONFIG = MODEL_DIR / "meter-clip-tiny.json"
 MODEL_WEIGHTS = MODEL_DIR / "model.safetensors"
-TRAINING_SEED = 0  # the shipped model was trained on seed 0's renders (demo_model/README.md)
+TRAINING_SEED = 0  # the shipped model was trained on seed 0's renders (README)
 HELD_OUT_SEED = 1_000_003  # never used in training
 UNKNOWN = "unknown"  # an abstained prediction
+MARKER = ".meter-batch-demo"  # marks a folder whose heldout/ and store/ the demo owns
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ def run_demo(folder: Path, count: int, workers: int | None = None) -> list[Confu
     """Render, encode, classify with every label set in CHECKS, and score the answers."""
     from meter_batch.synthetic import write_synthetic_set
 
+    _claim(folder)
     for old in ("heldout", "store"):  # the demo's own outputs from an earlier run
         shutil.rmtree(folder / old, ignore_errors=True)
     workers = default_workers() if workers is None else workers
@@ -105,6 +108,19 @@ def run_demo(folder: Path, count: int, workers: int | None = None) -> list[Confu
         classify(store, labels, interactive=False)
         results.append(confusion(store, labels, check, truth))
     return results
+
+
+def _claim(folder: Path) -> None:
+    """The demo rewrites DIR/heldout and DIR/store: only in a folder it made itself."""
+    ours = folder / MARKER
+    found = [n for n in ("heldout", "store") if (folder / n).exists()]
+    if found and not ours.exists():
+        raise ConfigError(
+            f"{folder} already holds {' and '.join(found)}, not made by the demo, which "
+            f"would replace them; give the demo another --dir"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    ours.touch()
 
 
 def encode_demo(images: Path, store: Path, workers: int) -> RunSummary:

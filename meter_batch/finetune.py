@@ -10,6 +10,7 @@ CONFIG --pretrained WEIGHTS`` takes. The training loop, loss and schedule are op
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -18,8 +19,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
 
 from meter_batch.errors import ConfigError, InputError, ModelError
 from meter_batch.model import NO_WEIGHTS, read_state_dict, resolve_architecture, resolve_weights
@@ -58,6 +62,8 @@ class FinetuneOptions:
             raise ConfigError(f"device must be one of auto, cpu, cuda, not {self.device!r}")
         if self.lr <= 0:
             raise ConfigError("lr must be > 0")
+        if self.warmup < 0 or self.workers < 0:
+            raise ConfigError("warmup and workers must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,11 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
     _check_trainer_installed()
     architecture, config = resolve_architecture(options.model)
     weights = resolve_weights(architecture, options.pretrained)
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    _check_default_preprocessing(weights.preprocess_overrides, options.pretrained)
     if weights.quick_gelu:  # a tag trained with QuickGELU (openai): trainer and encode keep it
         config = {**config, "quick_gelu": True}
-    # Named after the architecture: the trainer's process registers it under that name.
-    config_path = options.out_dir / f"{architecture}.json"
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     device = _pick_device(options.device)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="meter-batch-train-", dir=options.out_dir) as work:
         table = Path(work) / "train.tsv"
         rows = write_training_table(options, table)
@@ -88,12 +92,37 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
                 f"{options.train_csv} has {rows} usable rows, fewer than one batch "
                 f"({options.batch_size}); lower --batch-size or add data"
             )
-        argv = trainer_arguments(options, table, Path(work), device, weights.path)
-        _run_trainer(config_path, argv)
+        # Named after the architecture: the trainer's process registers it under that name.
+        trainer_config = Path(work) / f"{architecture}.json"
+        trainer_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        argv = trainer_arguments(
+            options, Path(work) / "train.tsv", Path(work), device, weights.path
+        )
+        _run_trainer(trainer_config, argv)
         checkpoint = _last_checkpoint(Path(work) / "run" / "checkpoints")
         weights_path = options.out_dir / "model.safetensors"
         export_safetensors(checkpoint, weights_path, options.half)
+        config_path = options.out_dir / trainer_config.name
+        os.replace(trainer_config, config_path)  # written only once training succeeded
     return FinetuneResult(weights_path, config_path, rows, device)
+
+
+def _check_default_preprocessing(overrides: tuple[tuple[str, Any], ...], tag: str) -> None:
+    """A tag with its own mean / std / resize (SigLIP, DFN, some LAION) would be trained and
+    then encoded with open_clip's defaults: refuse it rather than train it wrong."""
+    defaults = {
+        "mean": tuple(OPENAI_DATASET_MEAN),
+        "std": tuple(OPENAI_DATASET_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+    differing = [k for k, v in overrides if (tuple(v) if isinstance(v, list) else v) != defaults[k]]
+    if differing:
+        raise ConfigError(
+            f"--pretrained {tag} uses its own preprocessing ({', '.join(differing)}), which "
+            f"finetune does not carry over yet; start from a checkpoint file of a model "
+            f"with open_clip's default preprocessing"
+        )
 
 
 def _check_trainer_installed() -> None:
@@ -128,23 +157,37 @@ def write_training_table(options: FinetuneOptions, out: Path) -> int:
         writer.writerow([IMAGE_COLUMN, CAPTION_COLUMN])
         for path_text, caption in rows:
             path = (base / path_text).resolve()
-            if not path.is_file():
+            if not _readable_image(path):
                 missing.append(path_text)
                 continue
             writer.writerow([str(path), " ".join(caption.split())])
     if missing:
         shown = ", ".join(missing[:3])
-        raise InputError(f"{len(missing)} image(s) in {options.train_csv} not found: {shown}")
+        raise InputError(
+            f"{len(missing)} image(s) in {options.train_csv} missing or not readable as "
+            f"images: {shown}"
+        )
     return len(rows)
 
 
-def _read_caption_rows(options: FinetuneOptions) -> list[tuple[str, str]]:
+def _readable_image(path: Path) -> bool:
+    """The file exists and Pillow knows its format (the header only: fast)."""
     try:
-        text = options.train_csv.read_text(encoding="utf-8")
-    except OSError as exc:
+        with Image.open(path) as image:
+            image.size  # noqa: B018
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
+def _read_caption_rows(options: FinetuneOptions) -> list[tuple[str, str]]:
+    try:  # utf-8-sig: a table saved by Excel starts with a byte-order mark
+        text = options.train_csv.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read caption table {options.train_csv}: {exc}") from exc
     first_line = text.split("\n", 1)[0]
-    reader = csv.DictReader(text.splitlines(), delimiter="\t" if "\t" in first_line else ",")
+    delimiter = "\t" if "\t" in first_line else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     columns = (options.image_column, options.caption_column)
     if not reader.fieldnames or any(c not in reader.fieldnames for c in columns):
         raise InputError(
@@ -178,8 +221,7 @@ def trainer_arguments(
         f"--workers={options.workers}",
         f"--seed={options.seed}",
         f"--device={device}",
-        # bf16 autocast on a GPU; plain fp32 on the CPU, where autocast is slower
-        f"--precision={'amp_bf16' if device == 'cuda' else 'fp32'}",
+        f"--precision={_precision(device)}",
         f"--logs={work}",
         "--name=run",
         "--save-frequency=1",
@@ -192,11 +234,21 @@ def trainer_arguments(
     return argv
 
 
+def _precision(device: str) -> str:
+    """bf16 autocast on GPUs that have it, fp16 autocast on older ones (T4, V100), and
+    plain fp32 on the CPU, where autocast is slower."""
+    if device != "cuda":
+        return "fp32"
+    return "amp_bf16" if torch.cuda.is_bf16_supported() else "amp"
+
+
 def _run_trainer(config_path: Path, argv: list[str]) -> None:
     """Run open_clip_train.main in a child process with our model config registered."""
     command = [sys.executable, "-m", "meter_batch.train_entry", str(config_path), *argv]
     log.info("training: %s", " ".join(command))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # offline: a Hugging Face text tower must not fetch weights or a tokenizer either
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    env["TRANSFORMERS_OFFLINE"] = "1"
     result = subprocess.run(command, env=env, check=False)
     if result.returncode != 0:
         raise ModelError(

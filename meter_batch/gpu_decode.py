@@ -4,12 +4,14 @@ On a GPU machine, 16 cores decode ~1,100 JPEGs/s while nvjpeg decodes 3,000-6,00
 (BENCHMARKS.md). So workers only read, hash and inspect a plain JPEG (decode.py ships its
 bytes) and this stage turns the bytes into model-sized pixels on the device: resize of
 the short side (bicubic, antialiased) and a center crop, as open_clip's preprocess does.
-Anything nvjpeg rejects is decoded by the CPU path here, so it still becomes pixels or a
-failure row with a reason. Embeddings stay within cosine 0.9994 of the reference.
+Anything nvjpeg rejects goes to the CPU path (in pipeline.py: a fresh process with a
+deadline, as workers.py isolates crashes), so it still becomes pixels or a failure row
+with a reason. Embeddings stay within cosine 0.9994 of the reference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -23,33 +25,51 @@ RESIZE_MODES = ("shortest",)  # open_clip preprocess modes this stage reproduces
 GROUP = 32  # images per interpolate call: 32 float 1920x1080 frames are ~0.8 GB
 
 
+def device_jpeg_decoder_available() -> bool:
+    """torchvision 0.29 deprecated its image decoders (for TorchCodec); once one is gone,
+    encode falls back to the workers instead of failing."""
+    return callable(getattr(torchvision.io, "decode_jpeg", None))
+
+
+Fallback = Callable[[Decoded], Decoded]  # a rejected JPEG -> pixels or a failure record
+
+
 class DeviceJpegDecoder:
     """Turns a batch's shipped JPEG bytes into pixels on ``device`` and merges them in."""
 
-    def __init__(self, device: torch.device, side: int, cpu_options: DecodeOptions) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        side: int,
+        cpu_options: DecodeOptions,
+        fallback: Fallback | None = None,
+    ) -> None:
         self.device, self.side = device, side
         self.cpu_options = replace(cpu_options, jpeg_on_device=False)
+        self.fallback = fallback or self._cpu_decode
 
     def __call__(self, batch: DecodedBatch) -> tuple[DecodedBatch, torch.Tensor]:
         """The batch with every file decoded, and its pixels (N, side, side, 3) on device."""
         if not batch.jpegs:
             return batch, batch.pixels.to(self.device, non_blocking=True)
-        images = self._decode_all([item.jpeg for item in batch.jpegs])
+        images = self._decode_all([item.jpeg for item in batch.jpegs])  # type: ignore[misc]
         crops = iter(self.resize_crop_all([image for image in images if image is not None]))
         good, failures, pixels = [], list(batch.failures), []
         for item, image in zip(batch.jpegs, images, strict=True):
-            if image is not None:
-                pixels.append(next(crops))
+            crop = next(crops) if image is not None else None
+            if crop is not None:
+                item.jpeg = None  # decoded: do not keep the bytes
+                pixels.append(crop)
                 good.append(item)
                 continue
-            fallback = self._cpu_decode(item)
+            fallback = self.fallback(item)
+            item.jpeg = None
             if fallback.pixels is None:
                 failures.append(fallback)
             else:
                 pixels.append(torch.from_numpy(fallback.pixels).to(self.device))
+                fallback.pixels = None
                 good.append(fallback)
-        for item in good:
-            item.jpeg = b""  # decoded: do not keep the bytes
         stacked = self._stack(batch.pixels, pixels)
         merged = DecodedBatch(
             indices=batch.indices + [item.index for item in good],
@@ -59,9 +79,14 @@ class DeviceJpegDecoder:
         )
         return merged, stacked
 
-    def _decode_all(self, datas: list[bytes]) -> list[torch.Tensor | None]:
+    def _decode_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """One batched nvjpeg call; if any file spoils it, each file alone."""
-        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        if self.device.type == "cuda":
+            # torchvision allocates the outputs on the current stream but nvjpeg writes them
+            # from its own stream without waiting for this one: memory freed by work still
+            # queued here (the last batch's resize, the model) could be overwritten while
+            # being read. Draining the queue first closes that race (pytorch/vision#9606).
+            torch.cuda.current_stream(self.device).synchronize()
         try:
             return list(self._decode(tensors))
         except RuntimeError:
@@ -77,17 +102,22 @@ class DeviceJpegDecoder:
         result = torchvision.io.decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
         return result if isinstance(result, list) else [result]
 
-    def resize_crop_all(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    def resize_crop_all(self, images: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """resize_crop of each image, one interpolate call per size (in chunks of
-        GROUP): a folder from one camera costs a few calls per batch, not one per image."""
-        out: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        GROUP): a folder from one camera costs a few calls per batch, not one per image.
+        None where the device ran out of memory."""
+        out: list[torch.Tensor | None] = [None] * len(images)
         groups: dict[tuple[int, ...], list[int]] = {}
         for number, image in enumerate(images):
             groups.setdefault(tuple(image.shape), []).append(number)
         for members in groups.values():
             for start in range(0, len(members), GROUP):
                 chunk = members[start : start + GROUP]
-                crops = self.resize_crop(torch.stack([images[n] for n in chunk]))
+                try:
+                    crops = self.resize_crop(torch.stack([images[n] for n in chunk]))
+                except torch.OutOfMemoryError:  # huge photos: these go to the CPU path (None)
+                    torch.cuda.empty_cache()
+                    continue
                 for number, crop in zip(chunk, crops, strict=True):
                     out[number] = crop
         return out
@@ -108,8 +138,10 @@ class DeviceJpegDecoder:
         return crop.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
     def _cpu_decode(self, item: Decoded) -> Decoded:
-        result = replace(item, jpeg=b"", pixels=None)
-        decode_into_result(result, item.jpeg, self.cpu_options)
+        """In-process fallback (tests, benchmarks); encode isolates it in a process."""
+        result = replace(item, jpeg=None, pixels=None)
+        data = item.jpeg.numpy().tobytes() if item.jpeg is not None else b""
+        decode_into_result(result, data, self.cpu_options)
         return result
 
     def _stack(self, cpu_batch: torch.Tensor, pixels: list[torch.Tensor]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,7 +33,11 @@ from meter_batch.decode import (
 )
 from meter_batch.encode import DevicePlan, ImageEncoder, plan_device
 from meter_batch.errors import ConfigError, InputError, ModelMismatchError
-from meter_batch.gpu_decode import RESIZE_MODES, DeviceJpegDecoder
+from meter_batch.gpu_decode import (
+    RESIZE_MODES,
+    DeviceJpegDecoder,
+    device_jpeg_decoder_available,
+)
 from meter_batch.index import (
     add_embeddings,
     index_ids,
@@ -61,7 +65,7 @@ from meter_batch.store import (
 )
 from meter_batch.vectors import BATCH_ROWS, iter_vectors, prefetch
 from meter_batch.views import catalog_is_current, refresh_catalog
-from meter_batch.workers import LoaderSettings, decoded_batches
+from meter_batch.workers import LoaderSettings, decoded_batches, isolated_decode
 from meter_batch.write import (
     FailureRecord,
     ImageRows,
@@ -361,7 +365,14 @@ def _encoded_batches(
     encoder, first = _start_concurrently(loaded, stage, device, settings.batch_size, batches)
     if first is None:
         return
-    on_device = DeviceJpegDecoder(device.device, stage.short_side, options)
+    cpu_files = ImageFiles(folder, work, replace(options, jpeg_on_device=False))
+    on_device = DeviceJpegDecoder(
+        device.device,
+        stage.short_side,
+        options,
+        # a JPEG nvjpeg rejects is odd: decode it where a crash or a hang costs only it
+        lambda item: isolated_decode(cpu_files, item.index, config.decode_timeout),
+    )
     decoded: Iterator[tuple[DecodedBatch, torch.Tensor]] = (
         on_device(batch) for batch in itertools.chain([first], batches)
     )
@@ -378,15 +389,7 @@ def decode_options(
     on_device = config.jpeg_decode == "device" or (
         config.jpeg_decode == "auto" and device.is_cuda and not config.exact
     )
-    cfg: dict[str, Any] = dict(loaded.identity.preprocess)
-    mode, interpolation = cfg.get("resize_mode", "shortest"), cfg.get("interpolation", "bicubic")
-    if on_device and (mode not in RESIZE_MODES or interpolation != "bicubic"):
-        log.info(
-            "JPEGs are decoded by the workers: the device decoder does not reproduce "
-            "resize_mode %r / interpolation %r",
-            mode,
-            interpolation,
-        )
+    if on_device and not device_decoder_fits(dict(loaded.identity.preprocess)):
         on_device = False
     draft_to = None if config.exact else stage.short_side
     return DecodeOptions(stage.transform, config.max_pixels, draft_to, on_device)
@@ -408,6 +411,24 @@ def _start_concurrently(
         pending = pool.submit(_ready_encoder, loaded, stage, device, batch_size)
         first = next(batches, None)
         return pending.result(), first
+
+
+def device_decoder_fits(cfg: dict[str, Any]) -> bool:
+    """Whether gpu_decode reproduces this preprocessing (and torchvision still has it)."""
+    size = cfg.get("size", 224)
+    square = isinstance(size, int) or len(set(size)) == 1
+    mode, interpolation = cfg.get("resize_mode", "shortest"), cfg.get("interpolation", "bicubic")
+    fits = square and mode in RESIZE_MODES and interpolation == "bicubic"
+    if fits and device_jpeg_decoder_available():
+        return True
+    log.info(
+        "JPEGs are decoded by the workers: the device decoder does not reproduce size %r, "
+        "resize_mode %r, interpolation %r, or torchvision has no decode_jpeg",
+        size,
+        mode,
+        interpolation,
+    )
+    return False
 
 
 def _ready_encoder(

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
+from meter_batch.errors import ConfigError
+
 METER_TYPES = ("digital", "rotary", "analog")
 HOUSING_RGB = {
     "white": (232, 232, 226),
@@ -540,6 +542,9 @@ def write_synthetic_set(
 ) -> SyntheticSet:
     """Render ``count`` meters into out_dir/images plus captions.csv and truth.csv."""
     images = out_dir / "images"
+    if images.is_dir() and any(images.iterdir()):
+        # older renders would stay beside the new set, in no CSV but picked up by encode
+        raise ConfigError(f"{images} is not empty: synth writes a whole set into a new folder")
     images.mkdir(parents=True, exist_ok=True)
     jobs = [(seed, index, captions_per_image) for index in range(count)]
     captions_csv, truth_csv = out_dir / "captions.csv", out_dir / "truth.csv"

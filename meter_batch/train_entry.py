@@ -7,6 +7,7 @@ open_clip_train's own ``main`` runs unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import warnings
@@ -18,7 +19,12 @@ import open_clip
 def main(argv: list[str]) -> int:
     config, trainer_args = Path(argv[0]), argv[1:]
     open_clip.add_model_config(config)
+    import pandas
     from open_clip_train.main import main as train_main
+
+    # open_clip_train reads the table with pandas, which would turn a caption "NA" or
+    # "null" into NaN and train on the text "nan"; captions are text, always.
+    pandas.read_csv = functools.partial(pandas.read_csv, keep_default_na=False)
 
     # open_clip_train asks for pinned memory on the CPU too; harmless, so not worth a warning
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true.*")

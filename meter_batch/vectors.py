@@ -116,4 +116,6 @@ def prefetch(source: Iterator[T], depth: int = 4) -> Iterator[T]:
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-        reader.join()
+        # The reader may be inside a slow next() (a hung decoder waits for its watchdog):
+        # a consumer that stops early (an error, Ctrl-C) must not wait for it; it is a daemon.
+        reader.join(timeout=2.0)

@@ -159,10 +159,10 @@ def _loader(
 
 
 def _isolated_batch(dataset: ImageFiles, positions: Sequence[int], timeout: float) -> DecodedBatch:
-    return collate_decoded([_isolated(dataset, p, timeout) for p in positions])
+    return collate_decoded([isolated_decode(dataset, p, timeout) for p in positions])
 
 
-def _isolated(dataset: ImageFiles, position: int, timeout: float) -> Decoded:
+def isolated_decode(dataset: ImageFiles, position: int, timeout: float) -> Decoded:
     """Decode one file in a fresh process; a crash or a hang is this file's failure."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)

@@ -36,3 +36,11 @@ def test_the_demo_command_prints_each_table(tmp_path: Path, capsys) -> None:  # 
     assert main(["-q", "demo", "--dir", str(tmp_path), "--count", "30", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert out.count("accuracy") == 3 and "right \\ predicted" in out
+
+
+def test_the_demo_does_not_replace_a_store_it_did_not_make(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "precious").write_text("keep me")
+    assert main(["-q", "demo", "--dir", str(tmp_path), "--count", "3"]) == 2
+    assert "not made by the demo" in capsys.readouterr().err
+    assert (tmp_path / "store" / "precious").read_text() == "keep me"

@@ -11,6 +11,7 @@ from PIL import Image
 
 from meter_batch.cli import main
 from meter_batch.config import ModelSpec
+from meter_batch.errors import ConfigError, InputError
 from meter_batch.finetune import FinetuneOptions, finetune
 from meter_batch.model import load_model
 
@@ -84,3 +85,32 @@ def test_finetune_cli_reports_missing_images_and_columns(
     assert main([*args, "--batch-size", "64"]) == 3
     assert "fewer than one batch" in capsys.readouterr().err
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_caption_tables_from_spreadsheets_are_read_as_written(tmp_path: Path) -> None:
+    from meter_batch.finetune import write_training_table
+
+    (tmp_path / "a.png").write_bytes((Path(__file__).parent / "conftest.py").read_bytes())
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c.png")
+    table = tmp_path / "t.csv"
+    table.write_text(
+        '\ufefffilepath,title\nb.png,"a meter, red"\nc.png,"two\nlines"\n', encoding="utf-8"
+    )
+    out = tmp_path / "out.tsv"
+    assert write_training_table(FinetuneOptions(train_csv=table, out_dir=tmp_path), out) == 2
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[1].endswith("\ta meter, red") and lines[2].endswith("\ttwo lines")
+    table.write_text("filepath,title\na.png,not an image\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"not readable as images: a\.png"):
+        write_training_table(FinetuneOptions(train_csv=table, out_dir=tmp_path), out)
+
+
+def test_tags_with_their_own_preprocessing_are_refused() -> None:
+    from meter_batch.finetune import _check_default_preprocessing
+
+    _check_default_preprocessing((("interpolation", "bicubic"),), "openai")  # defaults: fine
+    with pytest.raises(ConfigError, match="own preprocessing \\(mean, resize_mode\\)"):
+        _check_default_preprocessing(
+            (("mean", (0.5, 0.5, 0.5)), ("resize_mode", "squash")), "webli"
+        )

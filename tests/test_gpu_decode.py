@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from meter_batch import gpu_decode
+from meter_batch import gpu_decode, pipeline
 from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.decode import DecodeOptions
 from meter_batch.errors import ConfigError
@@ -38,8 +38,18 @@ def jpeg_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def test_device_decoded_jpegs_embed_like_the_reference(tmp_path, jpeg_dir, configs):
+def test_device_decoded_jpegs_embed_like_the_reference(tmp_path, jpeg_dir, configs, monkeypatch):
+    decoded: list[int] = []
+    real = gpu_decode.DeviceJpegDecoder._decode
+
+    def counting(self, tensors):  # type: ignore[no-untyped-def]
+        decoded.append(len(tensors))
+        return real(self, tensors)
+
+    monkeypatch.setattr(gpu_decode.DeviceJpegDecoder, "_decode", counting)
     device = _encode(jpeg_dir, tmp_path / "dev", configs["vit"], workers=2, jpeg_decode="device")
+    jpegs = [p for p in jpeg_dir.rglob("*.jpg")]
+    assert sum(decoded) == len(jpegs) >= 5  # every JPEG here is plain: all went to the device
     exact = _encode(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0, exact=True)
     assert device.encoded == exact.encoded == 15 and device.failed == 0
     ours, reference = _vectors(tmp_path / "dev"), _vectors(tmp_path / "ref")
@@ -64,12 +74,20 @@ def test_files_the_device_decoder_rejects_are_decoded_on_the_cpu(
         return real(self, tensors)
 
     monkeypatch.setattr(gpu_decode.DeviceJpegDecoder, "_decode", picky)
+    fallbacks: list[int] = []
+    real_isolated = pipeline.isolated_decode
+
+    def counted_isolated(dataset, position, timeout):  # type: ignore[no-untyped-def]
+        fallbacks.append(position)
+        return real_isolated(dataset, position, timeout)
+
+    monkeypatch.setattr(pipeline, "isolated_decode", counted_isolated)
     summary = _encode(jpeg_dir, tmp_path / "dev", configs["vit"], workers=0, jpeg_decode="device")
     reference = _encode(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0)
     assert summary.encoded == reference.encoded == 15 and summary.failed == 0
     ours, theirs = _vectors(tmp_path / "dev"), _vectors(tmp_path / "ref")
     odd = [p for p in theirs if p.endswith(".jpg") and (jpeg_dir / p).stat().st_size % 2]
-    assert odd  # some files really took the CPU fallback ...
+    assert len(fallbacks) == len(odd) > 0  # exactly those took the isolated CPU path ...
     for path in odd:  # ... and came out exactly like the workers' PIL decoding
         assert np.allclose(ours[path], theirs[path], atol=2e-3)
 
@@ -92,10 +110,27 @@ def test_resize_crop_matches_torchvision_geometry():
     finally:
         gpu_decode.GROUP = decoder_chunks
     for original, crop in zip(images, crops, strict=True):
-        assert torch.equal(crop, decoder.resize_crop(original[None])[0])
+        assert crop is not None and torch.equal(crop, decoder.resize_crop(original[None])[0])
     assert not torch.equal(crops[0], crops[2])
 
 
 def test_exact_excludes_device_decoding(tmp_path):
     with pytest.raises(ConfigError, match="exclude each other"):
         EncodeConfig(images_dir=tmp_path, store=tmp_path / "s", exact=True, jpeg_decode="device")
+
+
+def test_a_garbled_jpeg_ends_in_exactly_one_row(tmp_path, configs):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    arrow_picture((300, 200)).save(folder / "ok.jpg", quality=90)
+    good = (folder / "ok.jpg").read_bytes()
+    start = good.find(b"\xff\xda")  # scan data: garble it, keep the header and the EOI marker
+    (folder / "garbled.jpg").write_bytes(good[: start + 20] + b"\xff\x00" * 3000 + b"\xff\xd9")
+    summary = _encode(folder, tmp_path / "store", configs["vit"], workers=0, jpeg_decode="device")
+    rows = run_query(tmp_path / "store", "SELECT path, kind FROM failures").to_pylist()
+    images = run_query(tmp_path / "store", "SELECT path FROM images").to_pylist()
+    assert summary.scanned == 2 == summary.encoded + summary.failed
+    assert [r["path"] for r in images] + [r["path"] for r in rows] in (
+        ["ok.jpg", "garbled.jpg"],
+        ["garbled.jpg", "ok.jpg"],
+    )

@@ -136,3 +136,13 @@ def test_synth_command_writes_a_set(tmp_path: Path, capsys) -> None:  # type: ig
     assert '"images": 6' in capsys.readouterr().out
     assert len(list((tmp_path / "s" / "images").iterdir())) == 6
     assert main(["synth", str(tmp_path / "t"), "--count", "0"]) == 2
+
+
+def test_synth_refuses_a_folder_with_older_images(tmp_path: Path) -> None:
+    import pytest
+
+    from meter_batch.errors import ConfigError
+
+    write_synthetic_set(tmp_path / "s", 3, seed=0)
+    with pytest.raises(ConfigError, match="not empty"):
+        write_synthetic_set(tmp_path / "s", 2, seed=1)
