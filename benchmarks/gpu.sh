@@ -10,7 +10,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 nproc
-timeout "${BENCH_S:-270}" python3 benchmarks/gpu_bench.py --per-size "${PER_SIZE:-5000}" \
+timeout "${BENCH_S:-420}" python3 benchmarks/gpu_bench.py --per-size "${PER_SIZE:-10000}" \
     --out "$OUT" "$@" 2>&1 | grep -v "No pretrained weights" | tee "$OUT/log.txt"
 [ -n "${SKIP_EXTRAS:-}" ] || timeout "${EXTRAS_S:-200}" python3 benchmarks/gpu_extras.py --images /tmp/gpu-bench/images \
     --out "$OUT" 2>&1 | grep -v "No pretrained weights\|Train Epoch\|INFO" | tee -a "$OUT/log.txt"

@@ -12,24 +12,40 @@ import json
 import os
 import platform
 import random
+import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from meter_batch.bench import bench_encode
-from meter_batch.config import ModelSpec
+from meter_batch.bench import bench_encode, format_encode_table
+from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.pipeline import encode
 from meter_batch.samples import sample_image
+from meter_batch.views import run_query
 
 
 def _shard(args: tuple[str, int, int, int, int]) -> int:
+    """Files ``start..start+count`` of one size. Drawing a 1920x1080 picture costs ~10x its
+    JPEG encoding, so a fresh picture is drawn every 25 files and the files between get a
+    random patch each: every file differs, and generating 10,000 takes seconds, not a
+    minute of device time."""
     folder, start, count, width, height = args
     rng = random.Random(start)
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
-    for number in range(start, start + count):
-        sample_image(rng, (width, height)).save(target / f"{number:06d}.jpg", quality=90)
+    for offset, number in enumerate(range(start, start + count)):
+        if offset % 25 == 0:
+            base = sample_image(rng, (width, height))
+        image = base.copy()
+        x, y = rng.randrange(width - 40), rng.randrange(height - 40)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        image.paste(colour, (x, y, x + rng.randint(8, 40), y + rng.randint(8, 40)))
+        image.save(target / f"{number:06d}.jpg", quality=90)
     return count
 
 
@@ -48,6 +64,110 @@ def generate(root: Path, per_size: int) -> float:
     return total / (time.monotonic() - started)
 
 
+def consistency(images: Path, work: Path, model: str, device: str) -> dict:
+    """GPU-decoded embeddings against the reference path, file by file, over many
+    batches: a stream race (decoder and model on different CUDA streams) would show as
+    files whose pixels were overwritten, i.e. low cosines."""
+    stores = {}
+    for name, exact, jpeg_decode in (("device", False, "device"), ("reference", True, "workers")):
+        stores[name] = work / f"check-{name}"
+        shutil.rmtree(stores[name], ignore_errors=True)
+        config = EncodeConfig(
+            images_dir=images,
+            store=stores[name],
+            model=ModelSpec(model, "none"),
+            batch_size=256,
+            workers=min(os.cpu_count() or 1, 16),
+            device=device,
+            precision="fp32",
+            exact=exact,
+            jpeg_decode=jpeg_decode,
+        )
+        encode(config, interactive=False)
+    ours, reference = _vectors(stores["device"]), _vectors(stores["reference"])
+    cosines = np.array([float(ours[p] @ reference[p]) for p in reference])
+    return {
+        "check": "gpu_decode_vs_reference",
+        "model": model,
+        "images": len(reference),
+        "same_paths": sorted(ours) == sorted(reference),
+        "mean_cos": round(float(cosines.mean()), 6),
+        "min_cos": round(float(cosines.min()), 6),
+        "below_0.99": int((cosines < 0.99).sum()),
+    }
+
+
+def _vectors(store: Path) -> dict[str, np.ndarray]:
+    rows = run_query(store, "SELECT path, embedding FROM images").to_pylist()
+    return {r["path"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
+
+
+@contextmanager
+def variant(name: str) -> Iterator[None]:
+    """Experiments, patched in for one configuration: which GPU-decode change pays?
+    "priority": the decoder's stream at the highest priority (decoding is the bound);
+    "fp16-resize": the resize in float16 (half the memory traffic of float32)."""
+    from meter_batch import gpu_decode
+
+    cls = gpu_decode.DeviceJpegDecoder
+    saved = cls.__init__, cls.resize_crop
+    if name == "priority":
+
+        def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            saved[0](self, *args, **kwargs)
+            self.stream = torch.cuda.Stream(self.device, priority=-10)
+
+        cls.__init__ = init  # type: ignore[method-assign]
+    if name == "fp16-resize":
+        cls.resize_crop = _half_resize_crop  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.__init__, cls.resize_crop = saved  # type: ignore[method-assign]
+
+
+def _half_resize_crop(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    _, _, height, width = images.shape
+    short, long = (height, width) if height <= width else (width, height)
+    new_long = int(self.side * long / short)
+    size = (self.side, new_long) if height <= width else (new_long, self.side)
+    resized = torch.nn.functional.interpolate(
+        images.half(), size=size, mode="bicubic", antialias=True, align_corners=False
+    )
+    top = round((size[0] - self.side) / 2.0)
+    left = round((size[1] - self.side) / 2.0)
+    crop = resized[:, :, top : top + self.side, left : left + self.side].float()
+    return crop.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def run_variants(images: Path, args: argparse.Namespace, results: list[dict]) -> None:
+    cores = min(os.cpu_count() or 1, 16)
+    plan = [
+        ("RN50", 256, "base"),
+        ("RN50", 256, "priority"),
+        ("RN50", 256, "fp16-resize"),
+        ("RN50", 512, "base"),
+        ("ViT-B-32", 256, "priority"),
+        ("ViT-B-32", 256, "base"),
+    ]
+    for model, batch, name in plan:
+        with variant(name):
+            result = bench_encode(
+                images, args.work, ModelSpec(model, "none"), 0, cores, batch, "cuda", False
+            )
+        result["variant"] = name
+        print(json.dumps(result), flush=True)
+        print(format_encode_table(result), flush=True)
+        results.append(result)
+        (args.out / "bench-gpu-variants.json").write_text(json.dumps(results, indent=2))
+    with variant("fp16-resize"):
+        result = consistency(images / "1920x1080" / "00", args.work, "ViT-B-32", "cuda")
+    result["variant"] = "fp16-resize"
+    print(json.dumps(result), flush=True)
+    results.append(result)
+    (args.out / "bench-gpu-variants.json").write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-size", type=int, default=5000)
@@ -58,6 +178,7 @@ def main() -> None:
         "--sweep", action="store_true", help="batch sizes and worker counts instead (fast path)"
     )
     parser.add_argument("--only", type=int, help="run only the first N configurations")
+    parser.add_argument("--variants", action="store_true", help="GPU-decode experiments instead")
     args = parser.parse_args()
     images = args.work / "images"
     rate = generate(images, args.per_size)
@@ -72,22 +193,34 @@ def main() -> None:
         }
     ]
     print(json.dumps(results[0]), flush=True)
+    if args.variants:
+        run_variants(images, args, results)
+        return
     cores = min(os.cpu_count() or 1, 16)
-    plan = [(m, False, cores, 256, "auto") for m in ("RN50", "ViT-B-32")]  # GPU JPEG decoding
-    plan += [("ViT-B-32", False, cores, 512, "auto"), ("RN50", False, cores, 256, "workers")]
+    plan = [(m, False, cores, 256, "auto") for m in ("RN50", "ViT-B-32", "ViT-B-32")]
+    plan += [("check", False, cores, 256, "auto")]
+    plan += [(m, False, cores, 256, "workers") for m in ("ViT-B-32", "RN50")]
     if args.sweep:
         plan = [
             ("ViT-B-32", False, cores - 1, 256, "workers"),
             ("ViT-B-32", False, cores, 512, "workers"),
         ]
+    name = "bench-gpu-sweep.json" if args.sweep else "bench-gpu.json"
     for model, exact, workers, batch, jpeg_decode in plan[: args.only]:
+        if model == "check":  # every 640x480 file, and one folder of the large ones
+            for folder in (images / "640x480", images / "1920x1080" / "00"):
+                result = consistency(folder, args.work, "ViT-B-32", args.device)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+                (args.out / name).write_text(json.dumps(results, indent=2))
+            continue
         spec = ModelSpec(model, "none")
         result = bench_encode(
             images, args.work, spec, 0, workers, batch, args.device, exact, jpeg_decode
         )
         print(json.dumps(result), flush=True)
+        print(format_encode_table(result), flush=True)
         results.append(result)
-        name = "bench-gpu-sweep.json" if args.sweep else "bench-gpu.json"
         (args.out / name).write_text(json.dumps(results, indent=2))
 
 

@@ -31,6 +31,7 @@ from meter_batch.vectors import BATCH_ROWS
 from meter_batch.write import ImageRows, PredictionWriter, RunWriter
 
 _WRITE_BATCH = 65_536
+MODEL_SECONDS = {True: 5.0, False: 10.0}  # how long model capacity is timed: GPU, CPU
 
 
 def synthetic_identity(dim: int) -> ModelIdentity:
@@ -286,18 +287,18 @@ def bench_encode(
     exact: bool,
     jpeg_decode: str = "auto",
 ) -> dict[str, Any]:
-    """Decode capacity, model capacity and end-to-end encode on one folder, and the bound.
-
-    The bound is min(decode, model) when the model runs on a GPU (separate hardware), and
-    1 / (1/decode + 1/model) when both share the CPU cores.
-    """
+    """Decode capacity, model capacity and end-to-end encode on one folder, and the bound
+    (`_bound`: shared or separate hardware)."""
     from meter_batch.config import EncodeConfig
 
     shutil.rmtree(folder / "store", ignore_errors=True)
     if images is None:
-        images = folder / "images"
+        images = folder / f"images-{count}"  # kept for the next run of the same count
         if not images.is_dir():
-            write_bench_images(images, count)
+            partial = folder / f"images-{count}.partial"  # an interrupted set is not reused
+            shutil.rmtree(partial, ignore_errors=True)
+            write_bench_images(partial, count)
+            partial.rename(images)
     config = EncodeConfig(
         images_dir=images,
         store=folder / "store",
@@ -317,15 +318,54 @@ def bench_encode(
     result["e2e_per_s"] = round(summary.encoded / summary.pipeline_seconds, 1)
     result["e2e_wall_per_s"] = summary.images_per_s
     result["images"] = summary.encoded
-    shared = result["device"] == "cpu"
-    decode, model_rate = result["decode_per_s"], result["model_per_s"]
-    bound = 1 / (1 / decode + 1 / model_rate) if shared else min(decode, model_rate)
-    result["bound"] = "1/(1/decode+1/model): shared CPU" if shared else "min(decode, model)"
-    result["bound_per_s"] = round(bound, 1)
-    result["ratio"] = round(result["e2e_per_s"] / bound, 3)
+    result["e2e_stage_seconds"] = summary.stage_seconds
+    result.update(_bound(result))
     result["peak_rss_mib"] = peak_rss_mib()
     shutil.rmtree(folder / "store", ignore_errors=True)
     return result
+
+
+def _bound(result: dict[str, Any]) -> dict[str, Any]:
+    """The rate e2e could reach, and how close it came. Decoding and the model share the
+    hardware when both run on the CPU cores, or both on the GPU (JPEGs decoded by nvjpeg
+    and resized there): then the bound is 1/(1/decode + 1/model); when the workers decode
+    on the CPU and the model runs on a GPU, min(decode, model). e2e / min(decode, model)
+    is reported too: for a shared bound, it says how much sharing costs."""
+    decode, model_rate = result["decode_per_s"], result["model_per_s"]
+    shared_by = "CPU" if result["device"] == "cpu" else None
+    if shared_by is None and result["jpeg_decode"] == "device":
+        shared_by = "GPU"
+    separate = min(decode, model_rate)
+    bound = 1 / (1 / decode + 1 / model_rate) if shared_by else separate
+    return {
+        "bound": f"1/(1/decode+1/model): shared {shared_by}" if shared_by else "min(decode, model)",
+        "bound_per_s": round(bound, 1),
+        "ratio": round(result["e2e_per_s"] / bound, 3),
+        "ratio_vs_min": round(result["e2e_per_s"] / separate, 3),
+    }
+
+
+def format_encode_table(r: dict[str, Any]) -> str:
+    """The figures of one bench_encode result, one per line, for a person to read."""
+    rows = [
+        ("model / device / path", f"{r['model']} / {r['device']} {r['precision']} / {r['path']}"),
+        ("JPEG decoding", f"{r['jpeg_decode']}, {r['workers']} workers, batch {r['batch_size']}"),
+        ("(a) decode img/s", f"{r['decode_per_s']:,.1f} ({r['decode_per_core_per_s']:,.1f}/core)"),
+        ("plain PIL->preprocess loop", f"{r['plain_pil_open_clip_loop_per_s']:,.1f} img/s, 1 core"),
+        ("(b) model img/s", f"{r['model_per_s']:,.1f}"),
+        ("(c) end-to-end img/s", f"{r['e2e_per_s']:,.1f} ({r['images']:,} images)"),
+        ("bound", f"{r['bound_per_s']:,.1f} = {r['bound']}"),
+        ("ratio e2e / bound", f"{r['ratio']:.3f}"),
+        ("ratio e2e / min(a, b)", f"{r['ratio_vs_min']:.3f}"),
+        ("e2e main thread, seconds", _stages(r["e2e_stage_seconds"])),
+        ("peak RSS MiB", f"{r['peak_rss_mib']:,.1f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _stages(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {value:.2f}" for stage, value in seconds.items())
 
 
 def _capacities(config: Any) -> dict[str, Any]:
@@ -345,6 +385,8 @@ def _capacities(config: Any) -> dict[str, Any]:
     dataset = ImageFiles(os.fsencode(config.images_dir.resolve()), work, options)
     settings = LoaderSettings(config.batch_size, config.workers, device.is_cuda, 60.0)
     on_device = DeviceJpegDecoder(device.device, stage.short_side, options)
+    if options.jpeg_on_device:  # nvjpeg's one-off set-up is not decode capacity
+        on_device.warm_up()
     started, decoded = time.perf_counter(), 0
     for batch in decoded_batches(dataset, list(range(len(work))), settings):
         merged, _ = on_device(batch)  # plain JPEGs decode on the GPU when it has one
@@ -392,7 +434,7 @@ def _model_rate(encoder: Any, side: int, batch: int) -> float:
     cuda = encoder.plan.is_cuda
     encoder(pixels)  # warm-up (cudnn autotune, allocator)
     rounds, started = 0, time.perf_counter()
-    while rounds < 3 or time.perf_counter() - started < (5.0 if cuda else 10.0):
+    while rounds < 3 or time.perf_counter() - started < MODEL_SECONDS[cuda]:
         encoder(pixels)
         rounds += 1
         if cuda:

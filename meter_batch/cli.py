@@ -538,7 +538,9 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser(
         "bench",
         help="benchmarks that print their figures",
-        description="bench classify: synthetic store of random unit vectors; read rate, "
+        description="bench encode: decode capacity, model capacity and end-to-end encode "
+        "on one folder, the bound and the ratio e2e / bound, peak RSS. "
+        "bench classify: synthetic store of random unit vectors; read rate, "
         "classify rate, their ratio and peak RSS at each N. bench rescan: a no-change encode "
         "over --files files against a bare os.scandir walk of the same tree.",
     )
@@ -564,7 +566,13 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from meter_batch.bench import bench_classify, bench_encode, bench_rescan, format_classify_table
+    from meter_batch.bench import (
+        bench_classify,
+        bench_encode,
+        bench_rescan,
+        format_classify_table,
+        format_encode_table,
+    )
 
     if args.what in ("rescan", "encode"):
         result = (
@@ -582,7 +590,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                 args.jpeg_decode,
             )
         )
-        print(json.dumps(result))
+        print(format_encode_table(result) if args.what == "encode" else json.dumps(result))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0

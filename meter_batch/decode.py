@@ -275,10 +275,22 @@ class DecodedBatch:
     good: list[Decoded]  # per success: sizes, frames, hash (pixels dropped)
     failures: list[Decoded] = field(default_factory=list)
     jpegs: list[Decoded] = field(default_factory=list)  # bytes for the device decoder
+    # the jpegs' bytes end to end, one tensor: one shared-memory segment per batch travels
+    # from a worker instead of one per file (each costs a file-descriptor handshake)
+    jpeg_blob: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
+    jpeg_lengths: list[int] = field(default_factory=list)
 
     def pin_memory(self) -> DecodedBatch:  # called by DataLoader(pin_memory=True)
         self.pixels = self.pixels.pin_memory()
         return self
+
+    def unpack_jpegs(self) -> None:
+        """Give each of ``jpegs`` its bytes back, as a view into the blob."""
+        if not self.jpeg_lengths:
+            return
+        for item, view in zip(self.jpegs, self.jpeg_blob.split(self.jpeg_lengths), strict=True):
+            item.jpeg = view
+        self.jpeg_blob, self.jpeg_lengths = torch.empty(0, dtype=torch.uint8), []
 
 
 def collate_decoded(items: Sequence[Decoded]) -> DecodedBatch:
@@ -290,10 +302,18 @@ def collate_decoded(items: Sequence[Decoded]) -> DecodedBatch:
     )
     for item in good:
         item.pixels = None  # stacked above; do not ship them twice
-    return DecodedBatch(
+    jpegs = [item for item in items if item.kind is None and item.jpeg is not None]
+    lengths = [int(item.jpeg.numel()) for item in jpegs]  # type: ignore[union-attr]
+    blob = torch.cat([item.jpeg for item in jpegs]) if jpegs else None  # type: ignore[misc]
+    for item in jpegs:
+        item.jpeg = None  # packed into the blob; unpack_jpegs restores them as views
+    batch = DecodedBatch(
         indices=[item.index for item in good],
         pixels=pixels,
         good=good,
         failures=[item for item in items if item.kind is not None],
-        jpegs=[item for item in items if item.kind is None and item.jpeg is not None],
+        jpegs=jpegs,
     )
+    if blob is not None:
+        batch.jpeg_blob, batch.jpeg_lengths = blob, lengths
+    return batch

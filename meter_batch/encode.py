@@ -61,6 +61,8 @@ class ImageEncoder:
         """(N, H, W, 3) uint8 -> (N, D) float16, each row of unit length."""
         if pixels_nhwc.shape[0] == 0:
             raise ValueError("empty batch")
+        if pixels_nhwc.is_cuda:  # made on the decoder's stream: not reused while we read
+            pixels_nhwc.record_stream(torch.cuda.current_stream(pixels_nhwc.device))
         pixels = pixels_nhwc.to(self.plan.device, non_blocking=True).permute(0, 3, 1, 2)
         images = (pixels.float() - self.mean) / self.std
         with self._autocast():

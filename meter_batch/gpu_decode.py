@@ -11,8 +11,10 @@ with a reason. Embeddings stay within cosine 0.9994 of the reference.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +49,43 @@ class DeviceJpegDecoder:
         self.device, self.side = device, side
         self.cpu_options = replace(cpu_options, jpeg_on_device=False)
         self.fallback = fallback or self._cpu_decode
+        # Its own stream: the model's kernels (another thread, the default stream) and the
+        # decoding's then overlap on the GPU, and draining this stream before nvjpeg waits
+        # for the decoding's own queued work only, not the model's.
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def _on_own_stream(self) -> contextlib.AbstractContextManager[Any]:
+        if self.stream is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(self.stream)
+
+    def _ready(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels another stream may read at once: this stream's work on them is done.
+        (The reader calls record_stream, so their memory outlives its use there.)"""
+        if self.stream is not None:
+            self.stream.synchronize()
+        return pixels
+
+    def warm_up(self) -> None:
+        """Decode one tiny JPEG: the decoder's first call sets up nvjpeg (a second or so),
+        which is better overlapped with the workers' start-up than inside the first batch.
+        Nothing to set up on a CPU."""
+        if self.stream is None:
+            return
+        tiny = torchvision.io.encode_jpeg(torch.zeros((3, 16, 16), dtype=torch.uint8))
+        with self._on_own_stream():
+            self._ready(self.resize_crop(self._decode([tiny])[0][None]))
 
     def __call__(self, batch: DecodedBatch) -> tuple[DecodedBatch, torch.Tensor]:
         """The batch with every file decoded, and its pixels (N, side, side, 3) on device."""
-        if not batch.jpegs:
-            return batch, batch.pixels.to(self.device, non_blocking=True)
+        with self._on_own_stream():
+            batch.unpack_jpegs()
+            if not batch.jpegs:
+                return batch, self._ready(batch.pixels.to(self.device, non_blocking=True))
+            merged, pixels = self._decode_batch(batch)
+            return merged, self._ready(pixels)
+
+    def _decode_batch(self, batch: DecodedBatch) -> tuple[DecodedBatch, torch.Tensor]:
         images = self._decode_all([item.jpeg for item in batch.jpegs])  # type: ignore[misc]
         crops = iter(self.resize_crop_all([image for image in images if image is not None]))
         good, failures, pixels = [], list(batch.failures), []
@@ -82,9 +116,9 @@ class DeviceJpegDecoder:
     def _decode_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """One batched nvjpeg call; if any file spoils it, each file alone."""
         if self.device.type == "cuda":
-            # torchvision allocates the outputs on the current stream but nvjpeg writes them
-            # from its own stream without waiting for this one: memory freed by work still
-            # queued here (the last batch's resize, the model) could be overwritten while
+            # torchvision allocates the outputs on the current stream (ours) but nvjpeg
+            # writes them from its own stream without waiting for this one: memory freed by
+            # work still queued here (the last batch's resize) could be overwritten while
             # being read. Draining the queue first closes that race (pytorch/vision#9606).
             torch.cuda.current_stream(self.device).synchronize()
         try:

@@ -9,7 +9,8 @@ import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -93,9 +94,33 @@ class RunSummary:
     seconds: float
     images_per_s: float
     pipeline_seconds: float  # the decode -> encode -> write -> commit part of `seconds`
+    # where the main thread spent pipeline_seconds: waiting for decoded batches, running the
+    # model, writing and committing; the largest names the stage that limits the run
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+STAGES = ("start", "waiting_for_decode", "model", "writes")
+
+
+@dataclass
+class StageClock:
+    """Seconds the main thread spends per stage of the encode loop."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @contextmanager
+    def timing(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - started
+
+    def rounded(self) -> dict[str, float]:
+        return {stage: round(value, 3) for stage, value in self.seconds.items()}
 
 
 def encode(config: EncodeConfig, interactive: bool | None = None) -> RunSummary:
@@ -152,6 +177,7 @@ class _EncodeRun:
         self.loop_seconds = 0.0  # decode + encode + writes + commits, without model load / scan
         self.pending_supersedes: list[tuple[bytes, int | None, str]] = []
         self.jpeg_on_device = False
+        self.clock = StageClock()
 
     def execute(self, loaded: LoadedModel, interactive: bool | None, started: float) -> None:
         device = plan_device(self.config.device, self.config.precision)
@@ -171,19 +197,26 @@ class _EncodeRun:
         loop_started = time.monotonic()
         with Progress(len(self.changes.encode), "encode", interactive) as progress:
             for batch, embeddings in _encoded_batches(
-                self.config, loaded, (stage, options, device), self.work, self.changes.encode
+                self.config,
+                loaded,
+                (stage, options, device),
+                (self.work, self.changes.encode),
+                self.clock,
             ):
-                self._add_batch(batch, embeddings, index)
+                with self.clock.timing("writes"):
+                    self._add_batch(batch, embeddings, index)
                 progress.update(len(batch.indices) + len(batch.failures))
                 faults.point("batch")
                 if (
                     self.writer.encoded + self.writer.failed
                     >= (self.commits + 1) * self.config.commit_every
                 ):
-                    self._commit(index, final=False)
+                    with self.clock.timing("writes"):
+                        self._commit(index, final=False)
         self._delete(index)
         record = _run_record(self.config, device, self, time.monotonic() - started)
-        self._commit(index, final=True, record=record)
+        with self.clock.timing("writes"):
+            self._commit(index, final=True, record=record)
         self.loop_seconds = time.monotonic() - loop_started
         refresh_catalog(self.store)
 
@@ -284,6 +317,7 @@ class _EncodeRun:
             seconds=round(seconds, 3),
             images_per_s=round(encoded / seconds, 2) if seconds > 0 else 0.0,
             pipeline_seconds=round(self.loop_seconds, 3),
+            stage_seconds=self.clock.rounded(),
         )
 
 
@@ -350,9 +384,10 @@ def _encoded_batches(
     config: EncodeConfig,
     loaded: LoadedModel,
     how: tuple[PixelStage, DecodeOptions, DevicePlan],
-    work: WorkList,
-    positions: list[int],
+    what: tuple[WorkList, list[int]],
+    clock: StageClock,
 ) -> Iterator[tuple[DecodedBatch, np.ndarray | None]]:
+    work, positions = what
     if not positions:
         return
     stage, options, device = how
@@ -362,9 +397,6 @@ def _encoded_batches(
         config.batch_size, config.workers, device.is_cuda, config.decode_timeout
     )
     batches = decoded_batches(dataset, positions, settings)
-    encoder, first = _start_concurrently(loaded, stage, device, settings.batch_size, batches)
-    if first is None:
-        return
     cpu_files = ImageFiles(folder, work, replace(options, jpeg_on_device=False))
     on_device = DeviceJpegDecoder(
         device.device,
@@ -373,13 +405,31 @@ def _encoded_batches(
         # a JPEG nvjpeg rejects is odd: decode it where a crash or a hang costs only it
         lambda item: isolated_decode(cpu_files, item.index, config.decode_timeout),
     )
+    with clock.timing("start"):  # model to the device and warm, first batch decoded
+        encoder, first = _start_concurrently(
+            loaded,
+            stage,
+            device,
+            settings.batch_size,
+            batches,
+            on_device if options.jpeg_on_device else None,
+        )
+    if first is None:
+        return
     decoded: Iterator[tuple[DecodedBatch, torch.Tensor]] = (
         on_device(batch) for batch in itertools.chain([first], batches)
     )
     if options.jpeg_on_device:  # the next batches' GPU decoding overlaps model and writes
         decoded = prefetch(decoded, depth=2)
-    for batch, pixels in decoded:
-        yield batch, (encoder(pixels) if batch.indices else None)
+    while True:
+        with clock.timing("waiting_for_decode"):
+            item = next(decoded, None)
+        if item is None:
+            return
+        batch, pixels = item
+        with clock.timing("model"):
+            embeddings = encoder(pixels) if batch.indices else None
+        yield batch, embeddings
 
 
 def decode_options(
@@ -401,14 +451,23 @@ def _start_concurrently(
     device: DevicePlan,
     batch_size: int,
     batches: Iterator[DecodedBatch],
+    decoder: DeviceJpegDecoder | None,  # when it decodes JPEGs: its first call is slow
 ) -> tuple[ImageEncoder, DecodedBatch | None]:
-    """Move the model to the device (and warm a GPU up) while the first batch decodes.
+    """Move the model to the device (and warm a GPU and its JPEG decoder up) while the
+    first batch decodes.
 
     Worker start-up, the first decode, the weight transfer and CUDA's first-call set-up
     each take up to a second; overlapped instead of added, they cost a short run much less.
     """
+
+    def ready() -> ImageEncoder:
+        encoder = _ready_encoder(loaded, stage, device, batch_size)
+        if decoder is not None:
+            decoder.warm_up()
+        return encoder
+
     with ThreadPoolExecutor(1, thread_name_prefix="model-start") as pool:
-        pending = pool.submit(_ready_encoder, loaded, stage, device, batch_size)
+        pending = pool.submit(ready)
         first = next(batches, None)
         return pending.result(), first
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from meter_batch import gpu_decode, pipeline
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.decode import DecodeOptions
+from meter_batch.decode import Decoded, DecodeOptions, collate_decoded
 from meter_batch.errors import ConfigError
 from meter_batch.pipeline import encode
 from meter_batch.store import open_store
@@ -134,3 +135,31 @@ def test_a_garbled_jpeg_ends_in_exactly_one_row(tmp_path, configs):
         ["ok.jpg", "garbled.jpg"],
         ["garbled.jpg", "ok.jpg"],
     )
+
+
+def test_a_batch_ships_its_jpeg_bytes_as_one_tensor(jpeg_dir):
+    files = sorted(jpeg_dir.rglob("*.jpg"))
+    items = [
+        Decoded(index=n, jpeg=torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8))
+        for n, p in enumerate(files)
+    ]
+    items.insert(2, Decoded(index=99, kind="decode_error", message="broken"))
+    batch = collate_decoded(items)
+    assert all(item.jpeg is None for item in batch.jpegs)  # not shipped one by one
+    assert batch.jpeg_blob.numel() == sum(p.stat().st_size for p in files)
+    shipped = pickle.loads(pickle.dumps(batch))  # as a worker's batch travels (one storage)
+    shipped.unpack_jpegs()
+    assert [item.index for item in shipped.jpegs] == list(range(len(files)))
+    for item, path in zip(shipped.jpegs, files, strict=True):
+        assert item.jpeg is not None and item.jpeg.numpy().tobytes() == path.read_bytes()
+    assert [f.index for f in shipped.failures] == [99]
+    shipped.unpack_jpegs()  # a second call changes nothing
+    assert shipped.jpegs[0].jpeg.numpy().tobytes() == files[0].read_bytes()
+
+
+def test_the_summary_says_where_the_main_thread_spent_its_time(tmp_path, jpeg_dir, configs):
+    summary = _encode(jpeg_dir, tmp_path / "s", configs["vit"], workers=0, jpeg_decode="device")
+    assert list(summary.stage_seconds) == list(pipeline.STAGES)
+    assert all(value >= 0 for value in summary.stage_seconds.values())
+    assert summary.stage_seconds["model"] > 0 and summary.stage_seconds["writes"] > 0
+    assert sum(summary.stage_seconds.values()) <= summary.pipeline_seconds + 0.01

@@ -1,0 +1,72 @@
+"""`meter-batch bench encode`: the figures it prints add up, and its generated folder."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from meter_batch import bench
+from meter_batch.cli import main
+from meter_batch.pipeline import STAGES
+
+
+@pytest.fixture(autouse=True)
+def _short_model_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "MODEL_SECONDS", {True: 0.2, False: 0.2})
+
+
+def _bench(tmp_path: Path, config: Path, count: int) -> list[str]:
+    return ["bench", "encode", "--count", str(count), "--model", str(config),
+            "--pretrained", "none", "--workers", "0", "--device", "cpu", "--batch-size", "4",
+            "--dir", str(tmp_path / "bench"), "--json", str(tmp_path / "r.json")]  # fmt: skip
+
+
+def test_bench_encode_prints_a_table_whose_figures_agree(tmp_path, configs, capsys):
+    assert main(_bench(tmp_path, configs["vit"], 6)) == 0
+    table = capsys.readouterr().out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["images"] == 6  # every generated image decodes and is encoded
+    assert r["bound"] == "1/(1/decode+1/model): shared CPU"  # CPU: stages share the cores
+    bound = 1 / (1 / r["decode_per_s"] + 1 / r["model_per_s"])
+    assert r["bound_per_s"] == pytest.approx(bound, abs=0.1)
+    assert r["ratio"] == pytest.approx(r["e2e_per_s"] / r["bound_per_s"], abs=2e-3)
+    assert list(r["e2e_stage_seconds"]) == list(STAGES)
+    assert sum(r["e2e_stage_seconds"].values()) <= 1.01 * r["images"] / r["e2e_per_s"] + 0.01
+    assert re.search(rf"\nratio e2e / bound +{r['ratio']:.3f}\n", table)
+    assert re.search(rf"\n\(c\) end-to-end img/s +{r['e2e_per_s']:,.1f} \(6 images\)\n", table)
+    assert not (tmp_path / "bench" / "store").exists()  # the store is scratch
+
+
+def test_bench_encode_generates_one_folder_per_count(tmp_path, configs, capsys):
+    assert main(_bench(tmp_path, configs["vit"], 5)) == 0
+    folder = tmp_path / "bench" / "images-5"
+    first = {p: p.stat().st_mtime_ns for p in folder.rglob("*.*")}
+    assert len(first) == 5
+    assert main(_bench(tmp_path, configs["vit"], 5)) == 0  # reused, not rewritten
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.*")} == first
+    assert main(_bench(tmp_path, configs["vit"], 3)) == 0
+    assert len(list((tmp_path / "bench" / "images-3").rglob("*.*"))) == 3
+    assert json.loads((tmp_path / "r.json").read_text())["images"] == 3
+    assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == ["images-3", "images-5"]
+
+
+@pytest.mark.parametrize(
+    ("device", "jpeg_decode", "bound", "per_s"),
+    [
+        ("cpu", "workers", "1/(1/decode+1/model): shared CPU", 800.0),  # 1/(1/1000+1/4000)
+        ("cuda", "workers", "min(decode, model)", 1000.0),
+        ("cuda", "device", "1/(1/decode+1/model): shared GPU", 800.0),  # nvjpeg + model: 1 GPU
+    ],
+)
+def test_the_bound_depends_on_what_shares_hardware(device, jpeg_decode, bound, per_s):
+    measured = {"device": device, "jpeg_decode": jpeg_decode, "decode_per_s": 1000.0,
+                "model_per_s": 4000.0, "e2e_per_s": 720.0}  # fmt: skip
+    assert bench._bound(measured) == {
+        "bound": bound,
+        "bound_per_s": per_s,
+        "ratio": round(720.0 / per_s, 3),
+        "ratio_vs_min": 0.72,
+    }
