@@ -286,6 +286,7 @@ def bench_encode(
     device: str,
     exact: bool,
     jpeg_decode: str = "auto",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Decode capacity, model capacity and end-to-end encode on one folder, and the bound
     (`_bound`: shared or separate hardware)."""
@@ -308,6 +309,7 @@ def bench_encode(
         device=device,
         exact=exact,
         jpeg_decode=jpeg_decode,
+        compile=compile,
     )
     result = _capacities(config)
     from meter_batch.pipeline import encode
@@ -350,6 +352,7 @@ def format_encode_table(r: dict[str, Any]) -> str:
     rows = [
         ("model / device / path", f"{r['model']} / {r['device']} {r['precision']} / {r['path']}"),
         ("JPEG decoding", f"{r['jpeg_decode']}, {r['workers']} workers, batch {r['batch_size']}"),
+        ("torch.compile", "yes" if r["compile"] else "no"),
         ("(a) decode img/s", f"{r['decode_per_s']:,.1f} ({r['decode_per_core_per_s']:,.1f}/core)"),
         ("plain PIL->preprocess loop", f"{r['plain_pil_open_clip_loop_per_s']:,.1f} img/s, 1 core"),
         ("(b) model img/s", f"{r['model_per_s']:,.1f}"),
@@ -394,7 +397,9 @@ def _capacities(config: Any) -> dict[str, Any]:
     if device.is_cuda:
         torch.cuda.synchronize()
     decode_s = max(time.perf_counter() - started, 1e-9)
-    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
+    encoder = ImageEncoder(
+        loaded.model, stage.mean, stage.std, device, config.batch_size if config.compile else None
+    )
     plain = _plain_loop_rate(config.images_dir, work, loaded.reference_preprocess)
     return {
         "model": config.model.name,
@@ -402,6 +407,7 @@ def _capacities(config: Any) -> dict[str, Any]:
         "precision": device.precision,
         "path": "exact" if config.exact else "fast",
         "jpeg_decode": "device" if options.jpeg_on_device else "workers",
+        "compile": config.compile,
         "workers": config.workers,
         "batch_size": config.batch_size,
         "decode_per_s": round(decoded / decode_s, 1),

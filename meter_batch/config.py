@@ -29,6 +29,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _check_bool(name: str, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false; got {value!r}")
+
+
 def _check_positive(name: str, value: int, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
@@ -82,8 +87,11 @@ class EncodeConfig:
     decode_timeout: float = 60.0
     exact: bool = False  # True: no JPEG DCT scaling, pixels exactly open_clip's
     jpeg_decode: str = "auto"  # auto | workers | device (see JPEG_DECODERS)
+    compile: bool = False  # torch.compile the image encoder (full batches)
 
     def __post_init__(self) -> None:
+        _check_bool("exact", self.exact)
+        _check_bool("compile", self.compile)
         _check_positive("max_pixels", self.max_pixels)
         if not isinstance(self.decode_timeout, int | float) or self.decode_timeout <= 0:
             raise ConfigError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from meter_batch.errors import ConfigError
 
+log = logging.getLogger("meter_batch")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -46,12 +48,21 @@ class ImageEncoder:
         mean: tuple[float, ...],
         std: tuple[float, ...],
         plan: DevicePlan,
+        compile_batch: int | None = None,
     ) -> None:
         self.plan = plan
         self.model = model.to(plan.device).eval()
         if plan.is_cuda:
             # ResNets run faster channels-last; the pixels already arrive in that layout.
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Compiled for one batch size (full batches): a short batch (the last, or one with
+        # failures) runs eagerly rather than paying another compilation.
+        self.compile_batch = compile_batch
+        self.compiled = (
+            torch.compile(self.model.encode_image, dynamic=False)  # type: ignore[arg-type]
+            if compile_batch is not None
+            else None
+        )
         shape = (1, len(mean), 1, 1)
         self.mean = torch.tensor(mean, device=plan.device).view(shape) * 255.0
         self.std = torch.tensor(std, device=plan.device).view(shape) * 255.0
@@ -66,9 +77,20 @@ class ImageEncoder:
         pixels = pixels_nhwc.to(self.plan.device, non_blocking=True).permute(0, 3, 1, 2)
         images = (pixels.float() - self.mean) / self.std
         with self._autocast():
-            features = self.model.encode_image(images)  # type: ignore[operator]
+            features = self._features(images)
         features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.to(torch.float16).cpu().numpy()
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None and images.shape[0] == self.compile_batch:
+            try:
+                return self.compiled(images)
+            except Exception as exc:  # no C++ compiler, an op inductor lacks: go on without
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                log.warning("torch.compile failed (%s: %s); encoding uncompiled",
+                            type(exc).__name__, message[:200])  # fmt: skip
+                self.compiled = None
+        return self.model.encode_image(images)  # type: ignore[operator]
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         dtype = _AUTOCAST_DTYPES.get(self.plan.precision)

@@ -16,6 +16,7 @@ from meter_batch.config import (
     PRECISIONS,
     EncodeConfig,
     ModelSpec,
+    _check_bool,
     _check_choice,
     _check_positive,
     default_workers,
@@ -45,8 +46,11 @@ class EncodeSettings:
     decode_timeout: float = 60.0
     exact: bool = False
     jpeg_decode: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        _check_bool("encode.exact", self.exact)
+        _check_bool("encode.compile", self.compile)
         _check_choice("encode.jpeg_decode", self.jpeg_decode, JPEG_DECODERS)
         _check_positive("encode.batch_size", self.batch_size)
         _check_positive("encode.workers", self.workers, minimum=0)
@@ -85,6 +89,7 @@ class Job:
                 decode_timeout=settings.decode_timeout,
                 exact=settings.exact,
                 jpeg_decode=settings.jpeg_decode,
+                compile=settings.compile,
                 path_prefix=root.prefix,
             )
             for root in self.roots

@@ -410,7 +410,7 @@ def _encoded_batches(
             loaded,
             stage,
             device,
-            settings.batch_size,
+            (settings.batch_size, config.compile),
             batches,
             on_device if options.jpeg_on_device else None,
         )
@@ -449,7 +449,7 @@ def _start_concurrently(
     loaded: LoadedModel,
     stage: PixelStage,
     device: DevicePlan,
-    batch_size: int,
+    batch: tuple[int, bool],  # batch size, whether to compile
     batches: Iterator[DecodedBatch],
     decoder: DeviceJpegDecoder | None,  # when it decodes JPEGs: its first call is slow
 ) -> tuple[ImageEncoder, DecodedBatch | None]:
@@ -461,7 +461,7 @@ def _start_concurrently(
     """
 
     def ready() -> ImageEncoder:
-        encoder = _ready_encoder(loaded, stage, device, batch_size)
+        encoder = _ready_encoder(loaded, stage, device, batch)
         if decoder is not None:
             decoder.warm_up()
         return encoder
@@ -491,10 +491,14 @@ def device_decoder_fits(cfg: dict[str, Any]) -> bool:
 
 
 def _ready_encoder(
-    loaded: LoadedModel, stage: PixelStage, device: DevicePlan, batch_size: int
+    loaded: LoadedModel, stage: PixelStage, device: DevicePlan, batch: tuple[int, bool]
 ) -> ImageEncoder:
-    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device)
-    if device.is_cuda:
+    """The encoder, warmed up on a GPU (first-call set-up) or when compiled (compiling)."""
+    batch_size, compile_it = batch
+    encoder = ImageEncoder(
+        loaded.model, stage.mean, stage.std, device, batch_size if compile_it else None
+    )
+    if device.is_cuda or compile_it:
         side = stage.short_side
         encoder(torch.zeros((batch_size, side, side, 3), dtype=torch.uint8))
     return encoder
@@ -547,6 +551,7 @@ def _run_record(
         "precision": device.precision,
         "preprocess_path": "exact" if config.exact else "fast",
         "jpeg_decode": "device" if run.jpeg_on_device else "workers",
+        "compile": config.compile,
         "meter_batch_version": __version__,
     }
 

@@ -1,0 +1,92 @@
+"""`encode --compile`: torch.compile'd full batches, eager short ones, and a fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.errors import ConfigError
+from meter_batch.pipeline import encode
+from meter_batch.store import open_store
+from meter_batch.views import run_query
+
+
+def _encode(images: Path, store: Path, model: Path, **kw):  # type: ignore[no-untyped-def]
+    config = EncodeConfig(images_dir=images, store=store, model=ModelSpec(str(model), "none"),
+                          workers=0, batch_size=4, **kw)  # fmt: skip
+    return encode(config, interactive=False)
+
+
+def _vectors(store: Path) -> dict[str, np.ndarray]:
+    rows = run_query(store, "SELECT path, embedding FROM images").to_pylist()
+    return {r["path"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # float16 rows: not quite unit
+
+
+def _counting_compile(monkeypatch: pytest.MonkeyPatch, calls: list[int], broken: bool) -> None:
+    real = torch.compile
+
+    def fake(fn, **kwargs):  # type: ignore[no-untyped-def]
+        compiled = real(fn, **kwargs)
+
+        def call(images):  # type: ignore[no-untyped-def]
+            calls.append(images.shape[0])
+            if broken:
+                raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore")
+            return compiled(images)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", fake)
+
+
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler"
+)
+def test_compiled_batches_embed_like_eager_ones(tmp_path, image_dir, configs, monkeypatch):
+    images, paths = image_dir  # 14 images, batches of 4: 4, 4, 4, 2
+    eager = _encode(images, tmp_path / "eager", configs["vit"])
+    calls: list[int] = []
+    _counting_compile(monkeypatch, calls, broken=False)
+    compiled = _encode(images, tmp_path / "compiled", configs["vit"], compile=True)
+    assert calls == [4, 4, 4, 4]  # the warm-up, then the three full batches; the 2 ran eagerly
+    assert compiled.encoded == eager.encoded == len(paths) == 14
+    ours, reference = _vectors(tmp_path / "compiled"), _vectors(tmp_path / "eager")
+    assert sorted(ours) == sorted(reference) == sorted(paths)
+    cosines = [_cosine(ours[p], reference[p]) for p in paths]
+    assert min(cosines) > 0.9999
+    assert open_store(tmp_path / "compiled").manifest.runs[-1]["compile"] is True
+
+
+def test_a_failing_compile_falls_back_to_eager(tmp_path, image_dir, configs, monkeypatch, caplog):
+    images, paths = image_dir
+    eager = _encode(images, tmp_path / "eager", configs["vit"])
+    calls: list[int] = []
+    _counting_compile(monkeypatch, calls, broken=True)
+    with caplog.at_level(logging.WARNING, logger="meter_batch"):
+        summary = _encode(images, tmp_path / "fallback", configs["vit"], compile=True)
+    assert calls == [4]  # tried once (the warm-up), then never again
+    assert summary.encoded == eager.encoded == 14 and summary.failed == 0
+    ours, reference = _vectors(tmp_path / "fallback"), _vectors(tmp_path / "eager")
+    assert all(np.array_equal(ours[p], reference[p]) for p in paths)
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert warnings == [
+        "torch.compile failed (RuntimeError: InvalidCxxCompiler: No working C++ compiler "
+        "found); encoding uncompiled"
+    ]
+
+
+@pytest.mark.parametrize("value", ["yes", 1])
+def test_compile_must_be_a_boolean(tmp_path, value):
+    with pytest.raises(ConfigError, match="compile must be true or false"):
+        EncodeConfig(images_dir=tmp_path, store=tmp_path / "s", compile=value)
