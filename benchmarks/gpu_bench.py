@@ -1,6 +1,7 @@
 """Issue-6 GPU benchmark: generate >= 5,000 JPEGs of each size, run `bench encode` for
-RN50 and ViT-B-32 (fast path; JPEGs decoded on the GPU and by the workers), write the
-results to OUT/bench-gpu.json.
+RN50 and ViT-B-32 (fast path; JPEGs decoded on the GPU, also with --compile, and by the
+workers), check GPU-decoded embeddings against the reference path, write the results to
+OUT/bench-gpu.json.
 
     python3 benchmarks/gpu_bench.py --per-size 5000 --out "$OUT"
 """
@@ -8,6 +9,7 @@ results to OUT/bench-gpu.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -85,7 +87,10 @@ def consistency(images: Path, work: Path, model: str, device: str) -> dict:
         )
         encode(config, interactive=False)
     ours, reference = _vectors(stores["device"]), _vectors(stores["reference"])
-    cosines = np.array([float(ours[p] @ reference[p]) for p in reference])
+    cosines = np.array(  # stored float16 rows are not quite of unit length
+        [ours[p] @ reference[p] / np.linalg.norm(ours[p]) / np.linalg.norm(reference[p])
+         for p in reference]
+    )  # fmt: skip
     return {
         "check": "gpu_decode_vs_reference",
         "model": model,
@@ -168,10 +173,20 @@ def run_variants(images: Path, args: argparse.Namespace, results: list[dict]) ->
     (args.out / "bench-gpu-variants.json").write_text(json.dumps(results, indent=2))
 
 
+def source_digest() -> str:
+    """SHA-256 over meter_batch/*.py and this script, by path: compare with
+    `python3 benchmarks/gpu_bench.py --digest` on a checkout to know which commit ran."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("meter_batch/*.py"), Path(__file__).resolve()]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-size", type=int, default=5000)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-bench"))
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
@@ -179,48 +194,72 @@ def main() -> None:
     )
     parser.add_argument("--only", type=int, help="run only the first N configurations")
     parser.add_argument("--variants", action="store_true", help="GPU-decode experiments instead")
+    parser.add_argument("--digest", action="store_true", help="print source_sha256 and stop")
     args = parser.parse_args()
+    if args.digest:
+        print(source_digest())
+        return
+    if args.out is None:
+        parser.error("--out is required")
     images = args.work / "images"
-    rate = generate(images, args.per_size)
-    results: list[dict] = [
-        {
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "generated_per_s": round(rate, 1),
-            "images": 2 * args.per_size,
-        }
-    ]
+    results = [machine(generate(images, args.per_size), 2 * args.per_size)]
     print(json.dumps(results[0]), flush=True)
     if args.variants:
         run_variants(images, args, results)
-        return
+    else:
+        run_plan(images, args, results)
+
+
+def machine(generated_per_s: float, images: int) -> dict:
+    return {
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "generated_per_s": round(generated_per_s, 1),
+        "images": images,
+        "source_sha256": source_digest(),  # which code ran, even from an uncommitted tree
+    }
+
+
+def run_plan(images: Path, args: argparse.Namespace, results: list[dict]) -> None:
     cores = min(os.cpu_count() or 1, 16)
-    plan = [(m, False, cores, 256, "auto") for m in ("RN50", "ViT-B-32", "ViT-B-32")]
-    plan += [("check", False, cores, 256, "auto")]
-    plan += [(m, False, cores, 256, "workers") for m in ("ViT-B-32", "RN50")]
+    plan = [(m, cores, 256, "auto", False) for m in ("RN50", "ViT-B-32", "ViT-B-32")]
+    plan += [("check", cores, 256, "auto", False)]
+    plan += [(m, cores, 256, "auto", True) for m in ("RN50", "ViT-B-32")]  # --compile
+    plan += [(m, cores, 256, "workers", False) for m in ("ViT-B-32", "RN50")]
     if args.sweep:
         plan = [
-            ("ViT-B-32", False, cores - 1, 256, "workers"),
-            ("ViT-B-32", False, cores, 512, "workers"),
+            ("ViT-B-32", cores - 1, 256, "workers", False),
+            ("ViT-B-32", cores, 512, "workers", False),
         ]
     name = "bench-gpu-sweep.json" if args.sweep else "bench-gpu.json"
-    for model, exact, workers, batch, jpeg_decode in plan[: args.only]:
+    for model, workers, batch, jpeg_decode, compile_it in plan[: args.only]:
         if model == "check":  # every 640x480 file, and one folder of the large ones
-            for folder in (images / "640x480", images / "1920x1080" / "00"):
-                result = consistency(folder, args.work, "ViT-B-32", args.device)
-                print(json.dumps(result), flush=True)
-                results.append(result)
-                (args.out / name).write_text(json.dumps(results, indent=2))
-            continue
-        spec = ModelSpec(model, "none")
-        result = bench_encode(
-            images, args.work, spec, 0, workers, batch, args.device, exact, jpeg_decode
-        )
-        print(json.dumps(result), flush=True)
-        print(format_encode_table(result), flush=True)
-        results.append(result)
+            found = [
+                consistency(folder, args.work, "ViT-B-32", args.device)
+                for folder in (images / "640x480", images / "1920x1080" / "00")
+            ]
+        else:
+            spec = ModelSpec(model, "none")
+            found = [
+                bench_encode(
+                    images,
+                    args.work,
+                    spec,
+                    0,
+                    workers,
+                    batch,
+                    args.device,
+                    False,
+                    jpeg_decode,
+                    compile_it,
+                )
+            ]
+            print(format_encode_table(found[0]), flush=True)
+        for result in found:
+            print(json.dumps(result), flush=True)
+        results.extend(found)
         (args.out / name).write_text(json.dumps(results, indent=2))
 
 

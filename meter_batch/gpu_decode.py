@@ -12,6 +12,7 @@ with a reason. Embeddings stay within cosine 0.9994 of the reference.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -23,6 +24,7 @@ from torchvision.io import ImageReadMode
 
 from meter_batch.decode import Decoded, DecodedBatch, DecodeOptions, decode_into_result
 
+log = logging.getLogger("meter_batch")
 RESIZE_MODES = ("shortest",)  # open_clip preprocess modes this stage reproduces
 GROUP = 32  # images per interpolate call: 32 float 1920x1080 frames are ~0.8 GB
 
@@ -49,39 +51,46 @@ class DeviceJpegDecoder:
         self.device, self.side = device, side
         self.cpu_options = replace(cpu_options, jpeg_on_device=False)
         self.fallback = fallback or self._cpu_decode
-        # Its own stream: the model's kernels (another thread, the default stream) and the
-        # decoding's then overlap on the GPU, and draining this stream before nvjpeg waits
-        # for the decoding's own queued work only, not the model's.
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        # Its own CUDA stream: the model's kernels (another thread, the default stream) and
+        # the decoding's then overlap on the GPU, and draining this stream before nvjpeg
+        # waits for the decoding's own queued work only, not the model's. Made on first
+        # use, on the thread that decodes: creating it starts CUDA, which takes a while.
+        self._stream: torch.cuda.Stream | None = None
 
-    def _on_own_stream(self) -> contextlib.AbstractContextManager[Any]:
-        if self.stream is None:
+    def _own_stream(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type != "cuda":
             return contextlib.nullcontext()
-        return torch.cuda.stream(self.stream)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self._stream)
 
     def _ready(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels another stream may read at once: this stream's work on them is done.
         (The reader calls record_stream, so their memory outlives its use there.)"""
-        if self.stream is not None:
-            self.stream.synchronize()
+        if self._stream is not None:
+            self._stream.synchronize()
         return pixels
 
     def warm_up(self) -> None:
         """Decode one tiny JPEG: the decoder's first call sets up nvjpeg (a second or so),
         which is better overlapped with the workers' start-up than inside the first batch.
-        Nothing to set up on a CPU."""
-        if self.stream is None:
+        Nothing to set up on a CPU; if it fails, each batch still falls back file by file."""
+        if self.device.type != "cuda":
             return
         tiny = torchvision.io.encode_jpeg(torch.zeros((3, 16, 16), dtype=torch.uint8))
-        with self._on_own_stream():
-            self._ready(self.resize_crop(self._decode([tiny])[0][None]))
+        try:
+            with self._own_stream():
+                self._ready(self.resize_crop(self._decode([tiny])[0][None]))
+        except RuntimeError as exc:
+            log.warning("the GPU JPEG decoder did not start (%s); files it rejects are "
+                        "decoded on the CPU", str(exc).strip()[:200])  # fmt: skip
 
     def __call__(self, batch: DecodedBatch) -> tuple[DecodedBatch, torch.Tensor]:
         """The batch with every file decoded, and its pixels (N, side, side, 3) on device."""
-        with self._on_own_stream():
-            batch.unpack_jpegs()
-            if not batch.jpegs:
-                return batch, self._ready(batch.pixels.to(self.device, non_blocking=True))
+        batch.unpack_jpegs()
+        if not batch.jpegs:  # the workers' pixels: copied on the caller's stream, as before
+            return batch, batch.pixels.to(self.device, non_blocking=True)
+        with self._own_stream():
             merged, pixels = self._decode_batch(batch)
             return merged, self._ready(pixels)
 

@@ -213,9 +213,9 @@ class _EncodeRun:
                 ):
                     with self.clock.timing("writes"):
                         self._commit(index, final=False)
-        self._delete(index)
-        record = _run_record(self.config, device, self, time.monotonic() - started)
         with self.clock.timing("writes"):
+            self._delete(index)
+            record = _run_record(self.config, device, self, time.monotonic() - started)
             self._commit(index, final=True, record=record)
         self.loop_seconds = time.monotonic() - loop_started
         refresh_catalog(self.store)
@@ -392,19 +392,11 @@ def _encoded_batches(
         return
     stage, options, device = how
     folder = os.fsencode(config.images_dir.resolve())
-    dataset = ImageFiles(folder, work, options)
     settings = LoaderSettings(
         config.batch_size, config.workers, device.is_cuda, config.decode_timeout
     )
-    batches = decoded_batches(dataset, positions, settings)
-    cpu_files = ImageFiles(folder, work, replace(options, jpeg_on_device=False))
-    on_device = DeviceJpegDecoder(
-        device.device,
-        stage.short_side,
-        options,
-        # a JPEG nvjpeg rejects is odd: decode it where a crash or a hang costs only it
-        lambda item: isolated_decode(cpu_files, item.index, config.decode_timeout),
-    )
+    batches = decoded_batches(ImageFiles(folder, work, options), positions, settings)
+    on_device = _device_decoder(config, (folder, work), stage, options, device)
     with clock.timing("start"):  # model to the device and warm, first batch decoded
         encoder, first = _start_concurrently(
             loaded,
@@ -421,6 +413,30 @@ def _encoded_batches(
     )
     if options.jpeg_on_device:  # the next batches' GPU decoding overlaps model and writes
         decoded = prefetch(decoded, depth=2)
+    yield from _timed_encoding(decoded, encoder, clock)
+
+
+def _device_decoder(
+    config: EncodeConfig,
+    files: tuple[bytes, WorkList],
+    stage: PixelStage,
+    options: DecodeOptions,
+    device: DevicePlan,
+) -> DeviceJpegDecoder:
+    """Moves the workers' pixels to the device, and decodes shipped JPEGs there."""
+    cpu_files = ImageFiles(*files, replace(options, jpeg_on_device=False))
+    return DeviceJpegDecoder(
+        device.device,
+        stage.short_side,
+        options,
+        # a JPEG nvjpeg rejects is odd: decode it where a crash or a hang costs only it
+        lambda item: isolated_decode(cpu_files, item.index, config.decode_timeout),
+    )
+
+
+def _timed_encoding(
+    decoded: Iterator[tuple[DecodedBatch, torch.Tensor]], encoder: ImageEncoder, clock: StageClock
+) -> Iterator[tuple[DecodedBatch, np.ndarray | None]]:
     while True:
         with clock.timing("waiting_for_decode"):
             item = next(decoded, None)

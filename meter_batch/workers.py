@@ -173,7 +173,7 @@ def isolated_decode(dataset: ImageFiles, position: int, timeout: float) -> Decod
     answered = receive.poll(timeout)
     if answered:
         try:
-            result = receive.recv()
+            result = pickle.loads(receive.recv_bytes())
         except (EOFError, OSError, pickle.UnpicklingError):
             result = None  # it died before or while sending: its exit code says how
     process.join(5 if answered else 0)
@@ -196,6 +196,8 @@ def isolated_decode(dataset: ImageFiles, position: int, timeout: float) -> Decod
 def _decode_and_send(dataset: ImageFiles, position: int, send: object) -> None:
     configure_decoder_process(in_worker=True)
     result = dataset[position]
-    send.send(result)  # type: ignore[attr-defined]
+    # Plain pickle, by value: Connection.send would pass a tensor (a JPEG's bytes) as a
+    # shared-memory handle that the parent fetches from this process, after it has exited.
+    send.send_bytes(pickle.dumps(result))  # type: ignore[attr-defined]
     send.close()  # type: ignore[attr-defined]
     os._exit(0)  # skip atexit handlers inherited from the parent

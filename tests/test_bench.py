@@ -58,15 +58,14 @@ def test_bench_encode_generates_one_folder_per_count(tmp_path, configs, capsys):
     [
         ("cpu", "workers", "1/(1/decode+1/model): shared CPU", 800.0),  # 1/(1/1000+1/4000)
         ("cuda", "workers", "min(decode, model)", 1000.0),
-        ("cuda", "device", "1/(1/decode+1/model): shared GPU", 800.0),  # nvjpeg + model: 1 GPU
+        ("cuda", "device", "min(decode, model)", 1000.0),  # nvjpeg: still min (see _bound)
     ],
 )
-def test_the_bound_depends_on_what_shares_hardware(device, jpeg_decode, bound, per_s):
+def test_the_bound_depends_on_where_the_stages_run(device, jpeg_decode, bound, per_s):
     measured = {"device": device, "jpeg_decode": jpeg_decode, "decode_per_s": 1000.0,
                 "model_per_s": 4000.0, "e2e_per_s": 720.0}  # fmt: skip
     assert bench._bound(measured) == {
         "bound": bound,
         "bound_per_s": per_s,
         "ratio": round(720.0 / per_s, 3),
-        "ratio_vs_min": 0.72,
     }

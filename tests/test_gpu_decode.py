@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +11,13 @@ import torch
 
 from meter_batch import gpu_decode, pipeline
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.decode import Decoded, DecodeOptions, collate_decoded
+from meter_batch.decode import Decoded, DecodeOptions, ImageFiles, collate_decoded
 from meter_batch.errors import ConfigError
 from meter_batch.pipeline import encode
+from meter_batch.scan import collect_work
 from meter_batch.store import open_store
 from meter_batch.views import run_query
+from meter_batch.workers import isolated_decode
 from tests.conftest import make_images
 from tests.test_odd_files import arrow_picture
 
@@ -137,24 +139,37 @@ def test_a_garbled_jpeg_ends_in_exactly_one_row(tmp_path, configs):
     )
 
 
+class _Items(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files) + 1
+
+    def __getitem__(self, n: int) -> Decoded:
+        if n == 2:
+            return Decoded(index=99, kind="decode_error", message="broken")
+        data = self.files[n if n < 2 else n - 1].read_bytes()
+        return Decoded(index=n, jpeg=torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
 def test_a_batch_ships_its_jpeg_bytes_as_one_tensor(jpeg_dir):
     files = sorted(jpeg_dir.rglob("*.jpg"))
-    items = [
-        Decoded(index=n, jpeg=torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8))
-        for n, p in enumerate(files)
-    ]
-    items.insert(2, Decoded(index=99, kind="decode_error", message="broken"))
-    batch = collate_decoded(items)
-    assert all(item.jpeg is None for item in batch.jpegs)  # not shipped one by one
-    assert batch.jpeg_blob.numel() == sum(p.stat().st_size for p in files)
-    shipped = pickle.loads(pickle.dumps(batch))  # as a worker's batch travels (one storage)
-    shipped.unpack_jpegs()
-    assert [item.index for item in shipped.jpegs] == list(range(len(files)))
-    for item, path in zip(shipped.jpegs, files, strict=True):
+    loader = torch.utils.data.DataLoader(  # a worker process, shared memory, as in encode
+        _Items(files), batch_size=len(files) + 1, num_workers=1, collate_fn=collate_decoded
+    )
+    (batch,) = list(loader)
+    assert all(item.jpeg is None for item in batch.jpegs)  # not shipped one by one ...
+    assert batch.jpeg_blob.numel() == sum(p.stat().st_size for p in files)  # ... but as one
+    batch.unpack_jpegs()
+    assert [item.index for item in batch.jpegs] == [0, 1, *range(3, len(files) + 1)]
+    storages = {item.jpeg.untyped_storage().data_ptr() for item in batch.jpegs}  # type: ignore[union-attr]
+    assert len(storages) == 1  # views into the one received tensor
+    for item, path in zip(batch.jpegs, files, strict=True):
         assert item.jpeg is not None and item.jpeg.numpy().tobytes() == path.read_bytes()
-    assert [f.index for f in shipped.failures] == [99]
-    shipped.unpack_jpegs()  # a second call changes nothing
-    assert shipped.jpegs[0].jpeg.numpy().tobytes() == files[0].read_bytes()
+    assert [f.index for f in batch.failures] == [99]
+    batch.unpack_jpegs()  # a second call changes nothing
+    assert batch.jpegs[0].jpeg.numpy().tobytes() == files[0].read_bytes()  # type: ignore[union-attr]
 
 
 def test_the_summary_says_where_the_main_thread_spent_its_time(tmp_path, jpeg_dir, configs):
@@ -162,4 +177,20 @@ def test_the_summary_says_where_the_main_thread_spent_its_time(tmp_path, jpeg_di
     assert list(summary.stage_seconds) == list(pipeline.STAGES)
     assert all(value >= 0 for value in summary.stage_seconds.values())
     assert summary.stage_seconds["model"] > 0 and summary.stage_seconds["writes"] > 0
+    # together they are the loop's time: nothing counted twice, nothing much left out
+    assert summary.pipeline_seconds - 0.1 <= sum(summary.stage_seconds.values())
     assert sum(summary.stage_seconds.values()) <= summary.pipeline_seconds + 0.01
+
+
+def test_an_isolated_decode_ships_a_plain_jpegs_bytes_back(jpeg_dir):
+    """After a worker crash its batch is decoded file by file in fresh processes; in
+    device mode a plain JPEG comes back as bytes, which must survive the process's exit."""
+    work = collect_work(jpeg_dir)
+    options = DecodeOptions(lambda image: np.asarray(image), 10**8, None, jpeg_on_device=True)
+    files = ImageFiles(os.fsencode(jpeg_dir), work, options)
+    jpegs = [n for n in range(len(work)) if work.relpath(n).endswith(b".jpg")]
+    for position in jpegs[:3]:
+        result = isolated_decode(files, position, timeout=30.0)
+        assert result.kind is None, result.message
+        expected = (jpeg_dir / os.fsdecode(work.relpath(position))).read_bytes()
+        assert result.jpeg is not None and result.jpeg.numpy().tobytes() == expected
