@@ -138,6 +138,8 @@ RUNS_SCHEMA = pa.schema(
         ("device", pa.string()),
         ("precision", pa.string()),
         ("preprocess_path", pa.string()),
+        ("jpeg_decode", pa.string()),  # null for runs older than the GPU decoder
+        ("compile", pa.bool_()),  # null for runs older than --compile
         ("meter_batch_version", pa.string()),
     ]
 )

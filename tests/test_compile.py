@@ -79,6 +79,11 @@ def test_a_failing_compile_falls_back_to_eager(tmp_path, image_dir, configs, mon
     assert summary.encoded == eager.encoded == 14 and summary.failed == 0
     ours, reference = _vectors(tmp_path / "fallback"), _vectors(tmp_path / "eager")
     assert all(np.array_equal(ours[p], reference[p]) for p in paths)
+    query = "SELECT preprocess_path, jpeg_decode, compile FROM runs"  # what analysts see
+    assert run_query(tmp_path / "fallback", query).to_pylist() == [
+        {"preprocess_path": "fast", "jpeg_decode": "workers", "compile": True}
+    ]
+    assert run_query(tmp_path / "eager", query).to_pylist()[0]["compile"] is False
     warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert warnings == [
         "torch.compile failed (RuntimeError: InvalidCxxCompiler: No working C++ compiler "
