@@ -314,6 +314,7 @@ def bench_encode(
     result["e2e_wall_per_s"] = summary.images_per_s
     result["images"] = summary.encoded
     result["e2e_stage_seconds"] = summary.stage_seconds
+    result["e2e_compiled"] = summary.compiled
     result.update(_bound(result))
     result["peak_rss_mib"] = peak_rss_mib()
     shutil.rmtree(folder / "store", ignore_errors=True)
@@ -351,7 +352,7 @@ def format_encode_table(r: dict[str, Any]) -> str:
     rows = [
         ("model / device / path", f"{r['model']} / {r['device']} {r['precision']} / {r['path']}"),
         ("JPEG decoding", f"{r['jpeg_decode']}, {r['workers']} workers, batch {r['batch_size']}"),
-        ("torch.compile", "yes" if r["compile"] else "no"),
+        ("torch.compile", _compiled(r)),
         ("(a) decode img/s", f"{r['decode_per_s']:,.1f} ({r['decode_per_core_per_s']:,.1f}/core)"),
         ("plain PIL->preprocess loop", f"{r['plain_pil_open_clip_loop_per_s']:,.1f} img/s, 1 core"),
         ("(b) model img/s", f"{r['model_per_s']:,.1f}"),
@@ -363,6 +364,13 @@ def format_encode_table(r: dict[str, Any]) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _compiled(r: dict[str, Any]) -> str:
+    if not r["compile"]:
+        return "no"
+    said = {True: "compiled", False: "not compiled (see the log)"}
+    return f"asked: model capacity {said[r['model_compiled']]}, e2e {said[r['e2e_compiled']]}"
 
 
 def _stages(seconds: dict[str, float]) -> str:
@@ -412,6 +420,7 @@ def _capacities(config: Any) -> dict[str, Any]:
         "decode_per_core_per_s": round(decoded / decode_s / max(1, config.workers), 1),
         "plain_pil_open_clip_loop_per_s": round(plain, 1),
         "model_per_s": round(_model_rate(encoder, stage.short_side, config.batch_size), 1),
+        "model_compiled": encoder.runs_compiled,
     }
 
 

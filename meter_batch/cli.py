@@ -138,8 +138,9 @@ def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the image encoder: ~20 s once per run, then RN50 ran 1.3x faster "
-        "on 2 CPU cores and 2x on an H100 (BENCHMARKS.md); pays off on large runs",
+        help="torch.compile the image encoder (full batches): 5-20 s once per run; RN50's "
+        "encode loop ran 15-24%% faster on 2 CPU cores (BENCHMARKS.md); runs of fewer than "
+        "4 full batches are not compiled",
     )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: auto")
     parser.add_argument(

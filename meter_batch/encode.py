@@ -58,6 +58,7 @@ class ImageEncoder:
         # Compiled for one batch size (full batches): a short batch (the last, or one with
         # failures) runs eagerly rather than paying another compilation.
         self.compile_batch = compile_batch
+        self._compile_worked = False
         self.compiled = (
             torch.compile(self.model.encode_image, dynamic=False)  # type: ignore[arg-type]
             if compile_batch is not None
@@ -81,16 +82,29 @@ class ImageEncoder:
         features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.to(torch.float16).cpu().numpy()
 
+    @property
+    def runs_compiled(self) -> bool:
+        """Whether full batches run compiled: compiling was asked for and has worked."""
+        return self.compiled is not None and self._compile_worked
+
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        if self.compiled is not None and images.shape[0] == self.compile_batch:
-            try:
-                return self.compiled(images)
-            except Exception as exc:  # no C++ compiler, an op inductor lacks: go on without
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                log.warning("torch.compile failed (%s: %s); encoding uncompiled",
-                            type(exc).__name__, message[:200])  # fmt: skip
-                self.compiled = None
-        return self.model.encode_image(images)  # type: ignore[operator]
+        if self.compiled is None or images.shape[0] != self.compile_batch:
+            return self.model.encode_image(images)  # type: ignore[operator]
+        if self._compile_worked:
+            return self.compiled(images)
+        try:  # the first call compiles
+            features = self.compiled(images)
+        except torch.OutOfMemoryError:
+            raise  # the batch is too big either way: not a reason to stop compiling
+        except Exception as exc:  # no C++ compiler, an op inductor lacks: go on without
+            text = str(exc).strip()
+            message = text.splitlines()[0][:200] if text else ""
+            log.warning("torch.compile failed (%s: %s); encoding uncompiled",
+                        type(exc).__name__, message)  # fmt: skip
+            self.compiled = None
+            return self.model.encode_image(images)  # type: ignore[operator]
+        self._compile_worked = True
+        return features
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         dtype = _AUTOCAST_DTYPES.get(self.plan.precision)

@@ -97,6 +97,7 @@ class RunSummary:
     # where the main thread spent pipeline_seconds: waiting for decoded batches, running the
     # model, writing and committing; the largest names the stage that limits the run
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    compiled: bool = False  # the model ran torch.compile'd (--compile, when it applied)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,10 +107,12 @@ STAGES = ("start", "waiting_for_decode", "model", "writes")
 
 
 @dataclass
-class StageClock:
-    """Seconds the main thread spends per stage of the encode loop."""
+class LoopReport:
+    """What the encode loop reports: seconds its main thread spent per stage, and whether
+    the model ran compiled (asked for, enough images, and compiling worked)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    compiled: bool = False
 
     @contextmanager
     def timing(self, stage: str) -> Iterator[None]:
@@ -177,7 +180,7 @@ class _EncodeRun:
         self.loop_seconds = 0.0  # decode + encode + writes + commits, without model load / scan
         self.pending_supersedes: list[tuple[bytes, int | None, str]] = []
         self.jpeg_on_device = False
-        self.clock = StageClock()
+        self.report = LoopReport()
 
     def execute(self, loaded: LoadedModel, interactive: bool | None, started: float) -> None:
         device = plan_device(self.config.device, self.config.precision)
@@ -201,9 +204,9 @@ class _EncodeRun:
                 loaded,
                 (stage, options, device),
                 (self.work, self.changes.encode),
-                self.clock,
+                self.report,
             ):
-                with self.clock.timing("writes"):
+                with self.report.timing("writes"):
                     self._add_batch(batch, embeddings, index)
                 progress.update(len(batch.indices) + len(batch.failures))
                 faults.point("batch")
@@ -211,9 +214,9 @@ class _EncodeRun:
                     self.writer.encoded + self.writer.failed
                     >= (self.commits + 1) * self.config.commit_every
                 ):
-                    with self.clock.timing("writes"):
+                    with self.report.timing("writes"):
                         self._commit(index, final=False)
-        with self.clock.timing("writes"):
+        with self.report.timing("writes"):
             self._delete(index)
             record = _run_record(self.config, device, self, time.monotonic() - started)
             self._commit(index, final=True, record=record)
@@ -317,7 +320,8 @@ class _EncodeRun:
             seconds=round(seconds, 3),
             images_per_s=round(encoded / seconds, 2) if seconds > 0 else 0.0,
             pipeline_seconds=round(self.loop_seconds, 3),
-            stage_seconds=self.clock.rounded(),
+            stage_seconds=self.report.rounded(),
+            compiled=self.report.compiled,
         )
 
 
@@ -385,7 +389,7 @@ def _encoded_batches(
     loaded: LoadedModel,
     how: tuple[PixelStage, DecodeOptions, DevicePlan],
     what: tuple[WorkList, list[int]],
-    clock: StageClock,
+    report: LoopReport,
 ) -> Iterator[tuple[DecodedBatch, np.ndarray | None]]:
     work, positions = what
     if not positions:
@@ -397,12 +401,12 @@ def _encoded_batches(
     )
     batches = decoded_batches(ImageFiles(folder, work, options), positions, settings)
     on_device = _device_decoder(config, (folder, work), stage, options, device)
-    with clock.timing("start"):  # model to the device and warm, first batch decoded
+    with report.timing("start"):  # model to the device and warm, first batch decoded
         encoder, first = _start_concurrently(
             loaded,
             stage,
             device,
-            (settings.batch_size, config.compile),
+            (settings.batch_size, _worth_compiling(config, len(positions))),
             batches,
             on_device if options.jpeg_on_device else None,
         )
@@ -413,7 +417,7 @@ def _encoded_batches(
     )
     if options.jpeg_on_device:  # the next batches' GPU decoding overlaps model and writes
         decoded = prefetch(decoded, depth=2)
-    yield from _timed_encoding(decoded, encoder, clock)
+    yield from _timed_encoding(decoded, encoder, report)
 
 
 def _device_decoder(
@@ -435,17 +439,33 @@ def _device_decoder(
 
 
 def _timed_encoding(
-    decoded: Iterator[tuple[DecodedBatch, torch.Tensor]], encoder: ImageEncoder, clock: StageClock
+    decoded: Iterator[tuple[DecodedBatch, torch.Tensor]], encoder: ImageEncoder, report: LoopReport
 ) -> Iterator[tuple[DecodedBatch, np.ndarray | None]]:
     while True:
-        with clock.timing("waiting_for_decode"):
+        with report.timing("waiting_for_decode"):
             item = next(decoded, None)
         if item is None:
             return
         batch, pixels = item
-        with clock.timing("model"):
+        with report.timing("model"):
             embeddings = encoder(pixels) if batch.indices else None
+        report.compiled = encoder.runs_compiled
         yield batch, embeddings
+
+
+COMPILE_MIN_BATCHES = 4
+
+
+def _worth_compiling(config: EncodeConfig, images: int) -> bool:
+    """Only full batches run compiled, and compiling costs seconds (cached) to ~20 s
+    (cold): a run of a few batches gains nothing from it."""
+    if not config.compile:
+        return False
+    if images >= COMPILE_MIN_BATCHES * config.batch_size:
+        return True
+    log.info("not compiling: %d images are fewer than %d full batches of %d",
+             images, COMPILE_MIN_BATCHES, config.batch_size)  # fmt: skip
+    return False
 
 
 def decode_options(
@@ -509,12 +529,13 @@ def device_decoder_fits(cfg: dict[str, Any]) -> bool:
 def _ready_encoder(
     loaded: LoadedModel, stage: PixelStage, device: DevicePlan, batch: tuple[int, bool]
 ) -> ImageEncoder:
-    """The encoder, warmed up on a GPU (first-call set-up) or when compiled (compiling)."""
+    """The encoder, warmed up on a GPU: CUDA's first-call set-up, and compiling when asked.
+    (On a CPU a warm-up batch costs as much as a real one: it compiles on the first.)"""
     batch_size, compile_it = batch
     encoder = ImageEncoder(
         loaded.model, stage.mean, stage.std, device, batch_size if compile_it else None
     )
-    if device.is_cuda or compile_it:
+    if device.is_cuda:
         side = stage.short_side
         encoder(torch.zeros((batch_size, side, side, 3), dtype=torch.uint8))
     return encoder
@@ -567,7 +588,7 @@ def _run_record(
         "precision": device.precision,
         "preprocess_path": "exact" if config.exact else "fast",
         "jpeg_decode": "device" if run.jpeg_on_device else "workers",
-        "compile": config.compile,
+        "compile": run.report.compiled,
         "meter_batch_version": __version__,
     }
 

@@ -128,7 +128,10 @@ def _check_catalog(store: Store, live: int, problems: list[str]) -> None:
     if shown != live:
         problems.append(f"{CATALOG} shows {shown} images, the parts hold {live} live rows")
     if not catalog_is_current(store):
-        problems.append(f"{CATALOG} was built from an older manifest (run encode to rebuild it)")
+        problems.append(
+            f"{CATALOG} was built from an older manifest or by an older meter-batch "
+            "(the next encode or classify rebuilds it)"
+        )
 
 
 def _check_label_sets(store: Store, problems: list[str]) -> None:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from meter_batch.errors import ConfigError, StoreError
 from meter_batch.schema import FAILURES_SCHEMA, TOMBSTONES_SCHEMA, embeddings_schema
 from meter_batch.score import predictions_schema
-from meter_batch.store import Store, fsync_dir
+from meter_batch.store import Store, fsync_dir, open_store
 
 CATALOG = "catalog.duckdb"
 EMPTY_DIR = "catalog-empty"  # schema-only Parquet files standing in for "no parts yet"
@@ -113,13 +113,20 @@ def _create_tables(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     )
     con.register("runs_arrow", runs)
     con.register("label_sets_arrow", label_sets)
-    con.execute("CREATE TABLE catalog_info (manifest_seq BIGINT)")
-    con.execute("INSERT INTO catalog_info VALUES ($seq)", {"seq": store.manifest.seq})
+    con.execute("CREATE TABLE catalog_info (manifest_seq BIGINT, catalog_version INTEGER)")
+    con.execute(
+        "INSERT INTO catalog_info VALUES ($seq, $version)",
+        {"seq": store.manifest.seq, "version": CATALOG_VERSION},
+    )
     con.execute("CREATE TABLE runs AS SELECT * FROM runs_arrow")
     con.execute("CREATE TABLE label_sets AS SELECT * FROM label_sets_arrow")
     con.unregister("runs_arrow")
     con.unregister("label_sets_arrow")
 
+
+# Raised whenever the catalog's tables or views change: a catalog of another version
+# counts as stale and the next encode or classify rebuilds it (verify reports it).
+CATALOG_VERSION = 2
 
 RUNS_SCHEMA = pa.schema(
     [
@@ -183,17 +190,18 @@ def _label_set_row(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def catalog_is_current(store: Store) -> bool:
-    """Does catalog.duckdb describe the newest manifest? (A crash between the manifest
-    commit and the catalog rebuild leaves it one commit behind.)"""
+    """Does catalog.duckdb describe the newest manifest, in this version's tables? (A
+    crash between the manifest commit and the catalog rebuild leaves it one commit behind;
+    an older meter-batch built it without the newer columns.)"""
     catalog = store.root / CATALOG
     if not catalog.exists():
         return False
     try:
         with duckdb.connect(str(catalog), read_only=True) as con:
-            seq = con.sql("SELECT manifest_seq FROM catalog_info").fetchall()
-    except duckdb.Error:
+            info = con.sql("SELECT manifest_seq, catalog_version FROM catalog_info").fetchall()
+    except duckdb.Error:  # no catalog_version column: built before versions were recorded
         return False
-    return bool(seq) and seq[0][0] == store.manifest.seq
+    return bool(info) and info[0] == (store.manifest.seq, CATALOG_VERSION)
 
 
 def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
@@ -209,4 +217,20 @@ def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) 
         try:
             return con.sql(sql, params=params or None).to_arrow_table()
         except duckdb.Error as exc:
-            raise ConfigError(f"query failed: {str(exc).splitlines()[0]}") from exc
+            hint = _stale_hint(store_root)
+            raise ConfigError(f"query failed: {str(exc).splitlines()[0]}{hint}") from exc
+
+
+def _stale_hint(store_root: Path) -> str:
+    try:
+        current = catalog_is_current(open_store(store_root))
+    except StoreError:
+        return ""
+    return (
+        ""
+        if current
+        else (
+            " (the catalog is out of date, e.g. built by an older meter-batch: the next "
+            "encode or classify run rebuilds it)"
+        )
+    )

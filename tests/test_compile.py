@@ -18,9 +18,9 @@ from meter_batch.store import open_store
 from meter_batch.views import run_query
 
 
-def _encode(images: Path, store: Path, model: Path, **kw):  # type: ignore[no-untyped-def]
+def _encode(images: Path, store: Path, model: Path, batch: int = 2, **kw):  # type: ignore[no-untyped-def]
     config = EncodeConfig(images_dir=images, store=store, model=ModelSpec(str(model), "none"),
-                          workers=0, batch_size=4, **kw)  # fmt: skip
+                          workers=0, batch_size=batch, **kw)  # fmt: skip
     return encode(config, interactive=False)
 
 
@@ -54,13 +54,16 @@ def _counting_compile(monkeypatch: pytest.MonkeyPatch, calls: list[int], broken:
     shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler"
 )
 def test_compiled_batches_embed_like_eager_ones(tmp_path, image_dir, configs, monkeypatch):
-    images, paths = image_dir  # 14 images, batches of 4: 4, 4, 4, 2
+    images, paths = image_dir  # 14 images in batches of 2: seven full batches
     eager = _encode(images, tmp_path / "eager", configs["vit"])
     calls: list[int] = []
     _counting_compile(monkeypatch, calls, broken=False)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     compiled = _encode(images, tmp_path / "compiled", configs["vit"], compile=True)
-    assert calls == [4, 4, 4, 4]  # the warm-up, then the three full batches; the 2 ran eagerly
+    assert calls == [2] * 7  # every batch went through the compiled function ...
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # ... compiled
     assert compiled.encoded == eager.encoded == len(paths) == 14
+    assert compiled.compiled is True and eager.compiled is False
     ours, reference = _vectors(tmp_path / "compiled"), _vectors(tmp_path / "eager")
     assert sorted(ours) == sorted(reference) == sorted(paths)
     cosines = [_cosine(ours[p], reference[p]) for p in paths]
@@ -75,20 +78,30 @@ def test_a_failing_compile_falls_back_to_eager(tmp_path, image_dir, configs, mon
     _counting_compile(monkeypatch, calls, broken=True)
     with caplog.at_level(logging.WARNING, logger="meter_batch"):
         summary = _encode(images, tmp_path / "fallback", configs["vit"], compile=True)
-    assert calls == [4]  # tried once (the warm-up), then never again
+    assert calls == [2]  # tried once, then never again
     assert summary.encoded == eager.encoded == 14 and summary.failed == 0
+    assert summary.compiled is False  # what happened, not what was asked
     ours, reference = _vectors(tmp_path / "fallback"), _vectors(tmp_path / "eager")
     assert all(np.array_equal(ours[p], reference[p]) for p in paths)
     query = "SELECT preprocess_path, jpeg_decode, compile FROM runs"  # what analysts see
     assert run_query(tmp_path / "fallback", query).to_pylist() == [
-        {"preprocess_path": "fast", "jpeg_decode": "workers", "compile": True}
+        {"preprocess_path": "fast", "jpeg_decode": "workers", "compile": False}
     ]
-    assert run_query(tmp_path / "eager", query).to_pylist()[0]["compile"] is False
     warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert warnings == [
         "torch.compile failed (RuntimeError: InvalidCxxCompiler: No working C++ compiler "
         "found); encoding uncompiled"
     ]
+
+
+def test_a_run_of_few_batches_is_not_compiled(tmp_path, image_dir, configs, monkeypatch, caplog):
+    images, _ = image_dir  # 14 images, batches of 4: fewer than COMPILE_MIN_BATCHES full ones
+    calls: list[int] = []
+    _counting_compile(monkeypatch, calls, broken=False)
+    with caplog.at_level(logging.INFO, logger="meter_batch"):
+        summary = _encode(images, tmp_path / "s", configs["vit"], batch=4, compile=True)
+    assert calls == [] and summary.compiled is False and summary.encoded == 14
+    assert "not compiling: 14 images are fewer than 4 full batches of 4" in caplog.text
 
 
 @pytest.mark.parametrize("value", ["yes", 1])

@@ -15,7 +15,8 @@ from meter_batch.labels import encode_texts
 from meter_batch.model import load_model
 from meter_batch.pipeline import classify, encode
 from meter_batch.search import search
-from meter_batch.views import run_query
+from meter_batch.store import open_store
+from meter_batch.views import catalog_is_current, run_query
 from tests.test_classify import labels_toml
 
 
@@ -125,3 +126,31 @@ def test_python_api_covers_the_commands(tmp_path, image_dir, configs):
     assert hits[0].path == "sub0/img-000.jpg"
     table = api.query(tmp_path / "s", "SELECT count(*) AS n FROM latest_predictions")
     assert table.column("n").to_pylist() == [14]
+
+
+def _make_catalog_old(root) -> None:  # type: ignore[no-untyped-def]
+    """As an older meter-batch left it: no version, no jpeg_decode / compile columns."""
+    import duckdb
+
+    with duckdb.connect(str(root / "catalog.duckdb")) as con:
+        seq = con.sql("SELECT manifest_seq FROM catalog_info").fetchall()[0][0]
+        con.execute("DROP TABLE catalog_info")
+        con.execute(
+            "CREATE TABLE catalog_info AS SELECT $seq::BIGINT AS manifest_seq", {"seq": seq}
+        )
+        con.execute("ALTER TABLE runs DROP COLUMN jpeg_decode")
+
+
+def test_a_catalog_from_an_older_version_is_rebuilt_by_the_next_encode(store):
+    images, root, spec = store
+    _make_catalog_old(root)
+    assert not catalog_is_current(open_store(root))
+    with pytest.raises(ConfigError, match=r"jpeg_decode.*out of date.*rebuilds it"):
+        run_query(root, "SELECT jpeg_decode FROM runs")
+    config = EncodeConfig(images_dir=images, store=root, model=spec, workers=0)
+    summary = encode(config, interactive=False)
+    assert summary.encoded == 0 and summary.commits == 0  # nothing new, yet ...
+    assert catalog_is_current(open_store(root))  # ... the catalog is this version's again
+    assert run_query(root, "SELECT jpeg_decode FROM runs").to_pylist() == [
+        {"jpeg_decode": "workers"}
+    ]
