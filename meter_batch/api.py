@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from meter_batch.config import EncodeConfig, ModelSpec, default_workers
+from meter_batch.errors import ConfigError
 from meter_batch.pipeline import ClassifySummary, RunSummary
 from meter_batch.pipeline import classify as _classify
 from meter_batch.pipeline import encode as _encode
@@ -27,8 +29,16 @@ def encode(
     device: str = "auto",
     precision: str = "auto",
     progress: bool | None = None,
+    **options: Any,
 ) -> RunSummary:
-    """Encode every image under ``images_dir`` into ``store``; see `meter-batch encode --help`."""
+    """Encode every image under ``images_dir`` into ``store``; see `meter-batch encode --help`.
+    ``options``: any other EncodeConfig setting (exact, jpeg_decode, compile, commit_every,
+    path_prefix, max_pixels, decode_timeout, part_rows)."""
+    fields = {f.name for f in dataclasses.fields(EncodeConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        valid = ", ".join(sorted(fields - {"images_dir", "store", "model"}))
+        raise ConfigError(f"unknown encode option(s) {', '.join(unknown)}; valid: {valid}")
     config = EncodeConfig(
         images_dir=Path(images_dir),
         store=Path(store),
@@ -37,6 +47,7 @@ def encode(
         workers=default_workers() if workers is None else workers,
         device=device,
         precision=precision,
+        **options,
     )
     return _encode(config, interactive=progress)
 

@@ -140,7 +140,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:  # a bad value: say in which file
         raise ConfigError(f"{where}: {exc}") from exc
 
 

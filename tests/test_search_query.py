@@ -126,6 +126,13 @@ def test_python_api_covers_the_commands(tmp_path, image_dir, configs):
     assert hits[0].path == "sub0/img-000.jpg"
     table = api.query(tmp_path / "s", "SELECT count(*) AS n FROM latest_predictions")
     assert table.column("n").to_pylist() == [14]
+    exact = api.encode(images, tmp_path / "x", model=str(configs["vit"]), workers=0, exact=True)
+    assert exact.encoded == 14
+    assert api.query(tmp_path / "x", "SELECT preprocess_path FROM runs").to_pylist() == [
+        {"preprocess_path": "exact"}
+    ]
+    with pytest.raises(ConfigError, match=r"unknown encode option\(s\) exakt; valid: .*exact"):
+        api.encode(images, tmp_path / "y", model=str(configs["vit"]), exakt=True)
 
 
 def _make_catalog_old(root) -> None:  # type: ignore[no-untyped-def]
