@@ -98,32 +98,44 @@ class RunSummary:
     # model, writing and committing; the largest names the stage that limits the run
     stage_seconds: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the model ran torch.compile'd (--compile, when it applied)
+    # with JPEGs decoded on the GPU, where the decoder thread spent its time: waiting for
+    # the workers' bytes, and decoding (nvjpeg + resize) while the model ran; empty when
+    # the workers decode everything
+    decoder_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-STAGES = ("start", "waiting_for_decode", "model", "writes")
+STAGES = ("start", "waiting_for_decode", "model", "writes")  # the main thread's
+DECODER_STAGES = ("waiting_for_workers", "device_decode")  # the GPU decoder thread's
 
 
 @dataclass
 class LoopReport:
-    """What the encode loop reports: seconds its main thread spent per stage, and whether
-    the model ran compiled (asked for, enough images, and compiling worked)."""
+    """What the encode loop reports: seconds its main thread spent per stage (and the GPU
+    decoder thread, when JPEGs are decoded there), and whether the model ran compiled
+    (asked for, enough images, and compiling worked)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    decoder_seconds: dict[str, float] = field(default_factory=dict)
     compiled: bool = False
 
     @contextmanager
     def timing(self, stage: str) -> Iterator[None]:
+        """Adds the block's seconds to ``stage``: a main-thread stage or a decoder one."""
+        clock = self.seconds if stage in STAGES else self.decoder_seconds
         started = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - started
+            clock[stage] = clock.get(stage, 0.0) + time.perf_counter() - started
 
     def rounded(self) -> dict[str, float]:
         return {stage: round(value, 3) for stage, value in self.seconds.items()}
+
+    def decoder_rounded(self) -> dict[str, float]:
+        return {stage: round(value, 3) for stage, value in self.decoder_seconds.items()}
 
 
 def encode(config: EncodeConfig, interactive: bool | None = None) -> RunSummary:
@@ -322,6 +334,7 @@ class _EncodeRun:
             pipeline_seconds=round(self.loop_seconds, 3),
             stage_seconds=self.report.rounded(),
             compiled=self.report.compiled,
+            decoder_seconds=self.report.decoder_rounded(),
         )
 
 
@@ -412,12 +425,26 @@ def _encoded_batches(
         )
     if first is None:
         return
-    decoded: Iterator[tuple[DecodedBatch, torch.Tensor]] = (
-        on_device(batch) for batch in itertools.chain([first], batches)
-    )
+    pending = itertools.chain([first], batches)
+    decoded: Iterator[tuple[DecodedBatch, torch.Tensor]] = (on_device(b) for b in pending)
     if options.jpeg_on_device:  # the next batches' GPU decoding overlaps model and writes
-        decoded = prefetch(decoded, depth=2)
+        decoded = prefetch(_timed_device_decoding(pending, on_device, report), depth=2)
     yield from _timed_encoding(decoded, encoder, report)
+
+
+def _timed_device_decoding(
+    batches: Iterator[DecodedBatch], on_device: DeviceJpegDecoder, report: LoopReport
+) -> Iterator[tuple[DecodedBatch, torch.Tensor]]:
+    """The decoder thread's loop, timed: device decoding's rate while the model runs,
+    against its rate alone (`bench encode`), says how much the two slow each other."""
+    while True:
+        with report.timing("waiting_for_workers"):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        with report.timing("device_decode"):
+            decoded = on_device(batch)
+        yield decoded
 
 
 def _device_decoder(

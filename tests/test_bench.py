@@ -53,19 +53,47 @@ def test_bench_encode_generates_one_folder_per_count(tmp_path, configs, capsys):
     assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == ["images-3", "images-5"]
 
 
+SHARED_GPU = "min(decode, 1/(1/device_decode+1/model)): JPEG decoding shares the GPU"
+
+
 @pytest.mark.parametrize(
-    ("device", "jpeg_decode", "bound", "per_s"),
+    ("device", "device_decode", "bound", "per_s"),
     [
-        ("cpu", "workers", "1/(1/decode+1/model): shared CPU", 800.0),  # 1/(1/1000+1/4000)
-        ("cuda", "workers", "min(decode, model)", 1000.0),
-        ("cuda", "device", "min(decode, model)", 1000.0),  # nvjpeg: still min (see _bound)
+        ("cpu", None, "1/(1/decode+1/model): shared CPU", 800.0),  # 1/(1/1000+1/4000)
+        ("cpu", 1500.0, "1/(1/decode+1/model): shared CPU", 800.0),  # all on the CPU
+        ("cuda", None, "min(decode, model): separate hardware", 1000.0),
+        ("cuda", 6000.0, SHARED_GPU, 1000.0),  # min(1000, 1/(1/6000+1/4000) = 2400)
+        ("cuda", 1200.0, SHARED_GPU, 923.1),  # 1/(1/1200+1/4000): the GPU is the limit
     ],
 )
-def test_the_bound_depends_on_where_the_stages_run(device, jpeg_decode, bound, per_s):
-    measured = {"device": device, "jpeg_decode": jpeg_decode, "decode_per_s": 1000.0,
+def test_the_bound_depends_on_where_the_stages_run(device, device_decode, bound, per_s):
+    measured = {"device": device, "device_decode_per_s": device_decode, "decode_per_s": 1000.0,
                 "model_per_s": 4000.0, "e2e_per_s": 720.0}  # fmt: skip
-    assert bench._bound(measured) == {
-        "bound": bound,
-        "bound_per_s": per_s,
-        "ratio": round(720.0 / per_s, 3),
-    }
+    expected = {"bound": bound, "bound_per_s": per_s, "ratio": round(720.0 / per_s, 3)}
+    if device == "cuda":  # GPU results also carry the separate-hardware ratio
+        expected["ratio_to_min_decode_model"] = 0.72
+    assert bench._bound(measured) == expected
+
+
+def test_bench_encode_reports_the_device_decoders_rate_alone_and_during_e2e(
+    tmp_path, configs, capsys
+):
+    args = _bench(tmp_path, configs["vit"], 6)
+    assert main([*args, "--jpeg-decode", "device"]) == 0  # on the CPU: torchvision's decoder
+    table = capsys.readouterr().out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["jpeg_decode"] == "device" and r["images"] == 6
+    seconds = r["e2e_decoder_seconds"]
+    assert sorted(seconds) == ["device_decode", "waiting_for_workers"]
+    assert r["e2e_device_decode_per_s"] == pytest.approx(6 / seconds["device_decode"], rel=0.02)
+    # decode capacity a includes the device decoder's time, so d is at least a
+    assert r["device_decode_per_s"] >= r["decode_per_s"]
+    assert re.search(rf"\n\(d\) device decode img/s +{r['device_decode_per_s']:,.1f} ", table)
+    assert "\ne2e decoder thread, seconds  waiting_for_workers " in table
+
+
+def test_bench_encode_on_the_workers_path_has_no_device_decode_figures(tmp_path, configs):
+    assert main(_bench(tmp_path, configs["vit"], 4)) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["device_decode_per_s"] is None and r["e2e_device_decode_per_s"] is None
+    assert r["e2e_decoder_seconds"] == {}

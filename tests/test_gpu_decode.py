@@ -180,6 +180,11 @@ def test_the_summary_says_where_the_main_thread_spent_its_time(tmp_path, jpeg_di
     # together they are the loop's time: nothing counted twice, nothing much left out
     assert summary.pipeline_seconds - 0.1 <= sum(summary.stage_seconds.values())
     assert sum(summary.stage_seconds.values()) <= summary.pipeline_seconds + 0.01
+    # the decoder thread's own clock: it decoded, and that fits inside the loop's time
+    assert list(summary.decoder_seconds) == list(pipeline.DECODER_STAGES)
+    assert 0 < summary.decoder_seconds["device_decode"] <= summary.pipeline_seconds
+    workers = _encode(jpeg_dir, tmp_path / "w", configs["vit"], workers=0, jpeg_decode="workers")
+    assert workers.decoder_seconds == {}  # no decoder thread when the workers decode
 
 
 def test_an_isolated_decode_ships_a_plain_jpegs_bytes_back(jpeg_dir):
