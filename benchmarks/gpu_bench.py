@@ -109,51 +109,43 @@ def _vectors(store: Path) -> dict[str, np.ndarray]:
 
 @contextmanager
 def variant(name: str) -> Iterator[None]:
-    """Experiments, patched in for one configuration: which GPU-decode change pays?
-    "priority": the decoder's stream at the highest priority (decoding is the bound);
-    "fp16-resize": the resize in float16 (half the memory traffic of float32)."""
+    """Experiments, patched in for one configuration. "whole-resize": the GPU decoder
+    resizes whole frames, then crops (as before the cropped resize), to measure what the
+    cropped resize gives end to end on the same machine. (Earlier variants, measured and
+    not kept: the decoder's stream at the highest priority, the resize in float16.)"""
     from meter_batch import gpu_decode
 
     cls = gpu_decode.DeviceJpegDecoder
-    saved = cls.__init__, cls.resize_crop
-    if name == "priority":
-
-        def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            saved[0](self, *args, **kwargs)
-            self.stream = torch.cuda.Stream(self.device, priority=-10)
-
-        cls.__init__ = init  # type: ignore[method-assign]
-    if name == "fp16-resize":
-        cls.resize_crop = _half_resize_crop  # type: ignore[method-assign]
+    saved = cls.resize_crop
+    if name == "whole-resize":
+        cls.resize_crop = _whole_resize_crop  # type: ignore[method-assign]
     try:
         yield
     finally:
-        cls.__init__, cls.resize_crop = saved  # type: ignore[method-assign]
+        cls.resize_crop = saved  # type: ignore[method-assign]
 
 
-def _half_resize_crop(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    _, _, height, width = images.shape
-    short, long = (height, width) if height <= width else (width, height)
-    new_long = int(self.side * long / short)
-    size = (self.side, new_long) if height <= width else (new_long, self.side)
-    resized = torch.nn.functional.interpolate(
-        images.half(), size=size, mode="bicubic", antialias=True, align_corners=False
-    )
-    top = round((size[0] - self.side) / 2.0)
-    left = round((size[1] - self.side) / 2.0)
-    crop = resized[:, :, top : top + self.side, left : left + self.side].float()
-    return crop.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+def _whole_resize_crop(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    return _resize_whole_frame(images, self.side)
+
+
+def _resize_whole_frame(frames: torch.Tensor, side: int) -> torch.Tensor:
+    """torchvision's resize of the short side, then its center crop: the reference."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    resized = TF.resize(frames.float(), [side], InterpolationMode.BICUBIC, antialias=True)
+    crop = TF.center_crop(resized, [side, side]).round_().clamp_(0, 255)
+    return crop.to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def run_variants(images: Path, args: argparse.Namespace, results: list[dict]) -> None:
     cores = min(os.cpu_count() or 1, 16)
     plan = [
         ("RN50", 256, "base"),
-        ("RN50", 256, "priority"),
-        ("RN50", 256, "fp16-resize"),
-        ("RN50", 512, "base"),
-        ("ViT-B-32", 256, "priority"),
+        ("RN50", 256, "whole-resize"),
         ("ViT-B-32", 256, "base"),
+        ("ViT-B-32", 256, "whole-resize"),
     ]
     for model, batch, name in plan:
         with variant(name):
@@ -165,12 +157,42 @@ def run_variants(images: Path, args: argparse.Namespace, results: list[dict]) ->
         print(format_encode_table(result), flush=True)
         results.append(result)
         (args.out / "bench-gpu-variants.json").write_text(json.dumps(results, indent=2))
-    with variant("fp16-resize"):
-        result = consistency(images / "1920x1080" / "00", args.work, "ViT-B-32", "cuda")
-    result["variant"] = "fp16-resize"
-    print(json.dumps(result), flush=True)
-    results.append(result)
-    (args.out / "bench-gpu-variants.json").write_text(json.dumps(results, indent=2))
+
+
+def resize_timings(device: str, rounds: int = 5) -> dict:
+    """The GPU decoder's resize + crop (only the input the crop keeps) against torchvision's
+    resize of the whole frame then center crop, on GROUP frames of each size on ``device``:
+    ms per call and how far apart the pixels are."""
+    from meter_batch import gpu_decode
+    from meter_batch.decode import DecodeOptions
+
+    target = torch.device(device)
+    decoder = gpu_decode.DeviceJpegDecoder(target, 224, DecodeOptions(None, 10**8))
+
+    def whole(frames: torch.Tensor) -> torch.Tensor:
+        return _resize_whole_frame(frames, 224)
+
+    result: dict = {"check": "resize_crop_vs_whole_frame", "device": device}
+    for height, width in ((1080, 1920), (480, 640)):
+        frames = torch.randint(0, 256, (gpu_decode.GROUP, 3, height, width), dtype=torch.uint8)
+        frames = frames.to(target)
+        for name, action in (("whole", whole), ("cropped", decoder.resize_crop)):
+            result[f"{width}x{height}_{name}_ms"] = round(_timed(action, frames, rounds), 2)
+        difference = (whole(frames).int() - decoder.resize_crop(frames).int()).abs()
+        result[f"{width}x{height}_max_diff"] = int(difference.max())
+    return result
+
+
+def _timed(action, frames: torch.Tensor, rounds: int) -> float:  # type: ignore[no-untyped-def]
+    action(frames)  # warm-up
+    if frames.is_cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(rounds):
+        action(frames)
+    if frames.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / rounds * 1000
 
 
 def source_digest() -> str:
@@ -195,15 +217,21 @@ def main() -> None:
     parser.add_argument("--only", type=int, help="run only the first N configurations")
     parser.add_argument("--variants", action="store_true", help="GPU-decode experiments instead")
     parser.add_argument("--digest", action="store_true", help="print source_sha256 and stop")
+    parser.add_argument("--resize", action="store_true", help="print resize_timings and stop")
     args = parser.parse_args()
     if args.digest:
         print(source_digest())
+        return
+    if args.resize:
+        print(json.dumps(resize_timings(args.device)))
         return
     if args.out is None:
         parser.error("--out is required")
     images = args.work / "images"
     results = [machine(generate(images, args.per_size), 2 * args.per_size)]
     print(json.dumps(results[0]), flush=True)
+    results.append(resize_timings(args.device))
+    print(json.dumps(results[-1]), flush=True)
     if args.variants:
         run_variants(images, args, results)
     else:

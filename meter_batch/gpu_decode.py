@@ -3,7 +3,8 @@
 On a GPU machine, 16 cores decode ~1,100 JPEGs/s while nvjpeg decodes 3,000-6,000/s
 (BENCHMARKS.md). So workers only read, hash and inspect a plain JPEG (decode.py ships its
 bytes) and this stage turns the bytes into model-sized pixels on the device: resize of
-the short side (bicubic, antialiased) and a center crop, as open_clip's preprocess does.
+the short side (bicubic, antialiased) and a center crop, as open_clip's preprocess does,
+resizing only the part of the frame the crop keeps (``kept_input``).
 Anything nvjpeg rejects goes to the CPU path (in pipeline.py: a fresh process with a
 deadline, as workers.py isolates crashes), so it still becomes pixels or a failure row
 with a reason. Embeddings stay within cosine 0.9994 of the reference.
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torchvision.io import ImageReadMode
 
@@ -33,6 +34,45 @@ def device_jpeg_decoder_available() -> bool:
     """torchvision 0.29 deprecated its image decoders (for TorchCodec); once one is gone,
     encode falls back to the workers instead of failing."""
     return callable(getattr(torchvision.io, "decode_jpeg", None))
+
+
+@dataclass(frozen=True)
+class KeptInput:
+    """Along one axis: resize input[start:stop] with ``zoom`` (output pixels per input
+    pixel) and the kept outputs begin at index ``first`` of that resize."""
+
+    start: int
+    stop: int
+    first: int
+    zoom: float
+
+
+MAX_SHIFT = 0.004  # output pixels: how far the cropped resize may sample off the whole one
+
+
+def kept_input(n_in: int, n_out: int, side: int) -> KeptInput:
+    """The part of an axis of ``n_in`` pixels that a resize to ``n_out`` followed by a
+    centre crop of ``side`` reads. The span begins ``first`` outputs before the crop, so
+    the bicubic window of every kept output lies inside it; ``first`` is the smallest such
+    margin at which the span's integer start falls on the whole resize's output grid
+    (within MAX_SHIFT): then the kept pixels equal the whole resize's within a level or
+    two. ``first == offset`` (start 0) always qualifies."""
+    scale = n_in / n_out  # input pixels per output pixel, as interpolate computes it
+    offset = round((n_out - side) / 2.0)
+    whole = KeptInput(0, n_in, offset, n_out / n_in)
+    reach = 2.0 * max(scale, 1.0) + 1  # antialiased bicubic's support, and a pixel
+    nearest = math.ceil(reach / scale)
+    if offset < nearest:  # too little cropped away to leave a margin
+        return whole
+    first = next(k for k in range(nearest, offset + 1) if _shift(offset - k, scale) <= MAX_SHIFT)
+    stop = min(n_in, math.ceil((offset + side) * scale + reach))
+    return KeptInput(round((offset - first) * scale), stop, first, whole.zoom)
+
+
+def _shift(outputs: int, scale: float) -> float:
+    """In output pixels: how far the nearest whole input pixel lies from output ``outputs``'s
+    left edge."""
+    return abs(round(outputs * scale) - outputs * scale) / scale
 
 
 Fallback = Callable[[Decoded], Decoded]  # a rejected JPEG -> pixels or a failure record
@@ -167,17 +207,22 @@ class DeviceJpegDecoder:
 
     def resize_crop(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 -> (N, side, side, 3) uint8: torchvision's Resize(side)
-        sizes (int() of the long side) and CenterCrop's offsets, so the crop matches."""
+        sizes (int() of the long side) and CenterCrop's offsets, so the crop matches.
+        Only the input the kept pixels read is resized (see ``kept_input``): a 16:9 frame
+        costs ~60 % of resizing it whole, within 1-2 levels of doing so."""
         _, _, height, width = images.shape
         short, long = (height, width) if height <= width else (width, height)
         new_long = int(self.side * long / short)
         size = (self.side, new_long) if height <= width else (new_long, self.side)
-        resized = F.interpolate(
-            images.float(), size=size, mode="bicubic", antialias=True, align_corners=False
+        rows = kept_input(height, size[0], self.side)
+        cols = kept_input(width, size[1], self.side)
+        part = images[:, :, rows.start : rows.stop, cols.start : cols.stop].float()
+        # F.interpolate takes a size or a scale, not both; this op (the one it calls) takes
+        # both: the part's own size would change the scale and so the pixels
+        resized = torch.ops.aten._upsample_bicubic2d_aa(
+            part, [rows.first + self.side, cols.first + self.side], False, rows.zoom, cols.zoom
         )
-        top = round((size[0] - self.side) / 2.0)
-        left = round((size[1] - self.side) / 2.0)
-        crop = resized[:, :, top : top + self.side, left : left + self.side]
+        crop = resized[:, :, rows.first :, cols.first :]
         return crop.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
     def _cpu_decode(self, item: Decoded) -> Decoded:

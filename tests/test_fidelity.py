@@ -1,4 +1,5 @@
-"""The fast path (JPEG DCT scaling) keeps embeddings close to the reference path."""
+"""The fast paths (JPEG DCT scaling in the workers; the device JPEG decoder with its cropped
+resize) keep embeddings close to the reference path."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import pytest
 from PIL import Image
 
 from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.decode import split_preprocess
+from meter_batch.model import load_model
 from meter_batch.pipeline import encode
 from meter_batch.store import open_store
 from meter_batch.views import run_query
@@ -36,17 +39,18 @@ def photos(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     return folder
 
 
-def _embeddings(images, store, exact):  # type: ignore[no-untyped-def]
+def _embeddings(images, store, exact, jpeg_decode="auto"):  # type: ignore[no-untyped-def]
     spec = ModelSpec("RN50", "none")  # a real-size config: 224 px input, 1024-d
-    config = EncodeConfig(images_dir=images, store=store, model=spec, workers=2, exact=exact)
+    config = EncodeConfig(
+        images_dir=images, store=store, model=spec, workers=2, exact=exact, jpeg_decode=jpeg_decode
+    )
     encode(config, interactive=False)
     rows = run_query(store, "SELECT path, embedding FROM images").to_pylist()
     return {r["path"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
 
 
 def _pixels_differ(path) -> bool:  # type: ignore[no-untyped-def]
-    from meter_batch.decode import DecodeOptions, decode_file, split_preprocess
-    from meter_batch.model import load_model
+    from meter_batch.decode import DecodeOptions, decode_file
 
     stage = split_preprocess(load_model(ModelSpec("RN50", "none")).reference_preprocess)
     exact = decode_file(bytes(path), 0, DecodeOptions(stage.transform, 10**9))
@@ -67,3 +71,35 @@ def test_fast_path_stays_close_to_the_reference_on_real_photos(tmp_path, photos)
         open_store(tmp_path / s).manifest.runs[-1]["preprocess_path"] for s in ("exact", "fast")
     ]
     assert runs == ["exact", "fast"]
+
+
+def test_device_decoding_stays_close_to_the_reference_on_real_photos(tmp_path, photos):
+    """The GPU path's own code (decode_jpeg, then the resize of what the crop keeps), run
+    by torchvision's CPU decoder here: it is the default on a GPU machine."""
+    exact = _embeddings(photos, tmp_path / "exact", exact=True)
+    device = _embeddings(photos, tmp_path / "device", exact=False, jpeg_decode="device")
+    assert set(exact) == set(device)
+    cosines = np.array([exact[p] @ device[p] for p in exact])
+    assert cosines.mean() >= 0.995 and cosines.min() >= 0.98, cosines
+    assert open_store(tmp_path / "device").manifest.runs[-1]["jpeg_decode"] == "device"
+    # the random-weight model is forgiving, so compare the pixels too: the device decoder's
+    # crop against open_clip's preprocess (PIL decode, resize, crop), photo by photo
+    stage = split_preprocess(load_model(ModelSpec("RN50", "none")).reference_preprocess)
+    for path in sorted(photos.iterdir()):
+        difference = _device_pixel_difference(path, stage)
+        assert difference.mean() < 0.5 and difference.max() <= 8, path.name
+
+
+def _device_pixel_difference(path, stage):  # type: ignore[no-untyped-def]
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    from meter_batch.decode import DecodeOptions, decode_file
+    from meter_batch.gpu_decode import DeviceJpegDecoder
+
+    reference = decode_file(bytes(path), 0, DecodeOptions(stage.transform, 10**9)).pixels
+    decoder = DeviceJpegDecoder(torch.device("cpu"), stage.short_side, DecodeOptions(None, 10**9))
+    image = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+    ours = decoder.resize_crop(image[None])[0].numpy()
+    assert reference is not None and ours.shape == reference.shape
+    return np.abs(ours.astype(int) - reference.astype(int))

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from meter_batch import gpu_decode, pipeline
 from meter_batch.config import EncodeConfig, ModelSpec
@@ -115,6 +117,35 @@ def test_resize_crop_matches_torchvision_geometry():
     for original, crop in zip(images, crops, strict=True):
         assert crop is not None and torch.equal(crop, decoder.resize_crop(original[None])[0])
     assert not torch.equal(crops[0], crops[2])
+
+
+def _resize_whole_then_crop(images: torch.Tensor, side: int) -> torch.Tensor:
+    """The reference: torchvision's resize of the short side, then its center crop."""
+    resized = TF.resize(images.float(), [side], InterpolationMode.BICUBIC, antialias=True)
+    crop = TF.center_crop(resized, [side, side])
+    return crop.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize(
+    ("height", "width"),
+    [(1080, 1920), (1920, 1080), (480, 640), (300, 1000), (225, 300), (224, 224), (100, 150),
+     (60, 900), (3000, 4000), (2001, 2000), (1536, 2048)],
+)  # fmt: skip
+def test_resize_crop_resizes_only_what_the_crop_keeps(height, width):
+    generator = torch.Generator().manual_seed(height * 10_000 + width)
+    noise = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8, generator=generator)
+    decoder = gpu_decode.DeviceJpegDecoder(torch.device("cpu"), 224, DecodeOptions(None, 10**8))
+    ours, whole = decoder.resize_crop(noise), _resize_whole_then_crop(noise, 224)
+    assert ours.shape == whole.shape == (2, 224, 224, 3)
+    difference = (ours.int() - whole.int()).abs()
+    # noise is the worst case (every pixel an edge): float sums in another order, off by one
+    assert difference.max() <= 1 and difference.float().mean() < 0.15
+
+
+def test_the_cropped_resize_reads_a_part_of_wide_frames():
+    wide = gpu_decode.kept_input(1920, 398, 224)  # a 1920x1080 frame's long axis
+    assert wide.first >= 3 and wide.stop - wide.start < 1200  # not the 1,920 columns
+    assert gpu_decode.kept_input(1080, 224, 224) == gpu_decode.KeptInput(0, 1080, 0, 224 / 1080)
 
 
 def test_exact_excludes_device_decoding(tmp_path):
