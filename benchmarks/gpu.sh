@@ -4,6 +4,9 @@
 # Python 3.12) and run:
 #   bash benchmarks/gpu.sh
 # It writes $OUT/bench-gpu.json, $OUT/gpu-extras.json and $OUT/log.txt.
+# Next GPU session (issue 6), two calls on one warm machine (device tool, carry .whl):
+#   SKIP_EXTRAS=1 bash benchmarks/gpu.sh                                  # ~6 min, timeout_s 480
+#   SKIP_EXTRAS=1 PER_SIZE=5000 BENCH_S=240 bash benchmarks/gpu.sh --variants   # ~3 min
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1

@@ -1,7 +1,8 @@
-"""Issue-6 GPU benchmark: generate >= 5,000 JPEGs of each size, run `bench encode` for
-RN50 and ViT-B-32 (fast path; JPEGs decoded on the GPU, also with --compile, and by the
-workers), check GPU-decoded embeddings against the reference path, write the results to
-OUT/bench-gpu.json.
+"""Issue-6 GPU benchmark: generate >= 5,000 JPEGs of each size, time the GPU decoder's
+cropped resize against the whole-frame one, run `bench encode` for RN50 and ViT-B-32 (fast
+path; JPEGs decoded on the GPU, also with --compile, and by the workers), check
+GPU-decoded embeddings against the reference path, write the results to
+OUT/bench-gpu.json. `--variants` A/Bs experiments end to end instead.
 
     python3 benchmarks/gpu_bench.py --per-size 5000 --out "$OUT"
 """
