@@ -290,6 +290,8 @@ def _print_table(table: Any, fmt: str, out: Path | None) -> None:
     if out is not None:
         if not out.parent.is_dir():
             raise ConfigError(f"--out: folder {out.parent} does not exist")
+        if out.is_dir():
+            raise ConfigError(f"--out {out} is a folder; give a file name (.parquet)")
         pyarrow.parquet.write_table(table, out)
         print(json.dumps({"rows": table.num_rows, "out": str(out)}))
     elif fmt == "csv":
@@ -583,6 +585,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         format_encode_table,
     )
 
+    counts = {"--files": [args.files], "--count": [args.count], "--n": args.n or []}
+    for flag, values in counts.items():
+        if any(value < 1 for value in values):
+            raise ConfigError(f"{flag} must be >= 1")
     if args.what in ("rescan", "encode"):
         result = (
             bench_rescan(args.files, args.dir)

@@ -66,6 +66,15 @@ class FinetuneOptions:
             raise ConfigError("warmup and workers must be >= 0")
 
 
+def _make_out_dir(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file; give a folder for the trained model")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {folder}: cannot create it ({exc.strerror or exc})") from exc
+
+
 @dataclass(frozen=True)
 class FinetuneResult:
     weights: Path  # model.safetensors
@@ -83,7 +92,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
     if weights.quick_gelu:  # a tag trained with QuickGELU (openai): trainer and encode keep it
         config = {**config, "quick_gelu": True}
     device = _pick_device(options.device)
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(options.out_dir)
     with tempfile.TemporaryDirectory(prefix="meter-batch-train-", dir=options.out_dir) as work:
         table = Path(work) / "train.tsv"
         rows = write_training_table(options, table)

@@ -163,9 +163,7 @@ def run_job(path: Path) -> int:
     try:
         job = load_job(path)
         if job.log_file is not None:
-            job.log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(job.log_file, encoding="utf-8")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            handler = _open_log(job.log_file)
             log.addHandler(handler)
         return _run_steps(job, path)
     except MeterBatchError as exc:
@@ -178,6 +176,21 @@ def run_job(path: Path) -> int:
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+
+
+def _open_log(path: Path) -> logging.Handler:
+    """The job's log file, appended to; a path that cannot be written is a setting error
+    found before any work (cron users often cannot create folders under /var/log)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"log_file {path} cannot be opened for writing ({exc.strerror or exc}); "
+            f"choose a path this user can write"
+        ) from exc
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    return handler
 
 
 def _run_steps(job: Job, path: Path) -> int:

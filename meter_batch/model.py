@@ -8,12 +8,14 @@ Nothing is ever downloaded and nothing is unpickled beyond tensors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -81,18 +83,38 @@ class _Weights:
     preprocess_overrides: tuple[tuple[str, Any], ...] = ()
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """open_clip warns 'No pretrained weights loaded ... initialized randomly' because the
+    weights are loaded here, after it builds the model: false for a checkpoint, and for
+    `none` the run records random weights itself. Silenced for API users too."""
+    root = logging.getLogger()
+    quiet = _DropRandomInitWarning()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Create the model described by ``spec`` in eval mode on the CPU."""
     architecture, config = resolve_architecture(spec.name)
     weights = resolve_weights(architecture, spec.pretrained)
     torch.manual_seed(spec.seed)  # only matters for random init, but always deterministic
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            architecture,
-            pretrained=None,
-            force_quick_gelu=weights.quick_gelu,
-            **_preprocess_kwargs(dict(weights.preprocess_overrides)),
-        )
+        with _quiet_random_init_warning():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                architecture,
+                pretrained=None,
+                force_quick_gelu=weights.quick_gelu,
+                **_preprocess_kwargs(dict(weights.preprocess_overrides)),
+            )
     except Exception as exc:  # open_clip raises bare RuntimeErrors/KeyErrors for bad configs
         raise ModelError(f"cannot build model {spec.name!r}: {exc}") from exc
     checkpoint_sha = None
@@ -215,17 +237,42 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is a TorchScript archive (OpenAI's original format), which is not loaded "
             f"for safety; save its state_dict() as .safetensors and pass that file"
         )
+    _check_looks_like_a_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0]
         raise ModelError(
             f"refusing to load {path}: it holds Python objects other than tensors "
-            f"(weights-only load failed: {first_line})"
+            f"({_unpickler_reason(exc)}); save its state_dict() as .safetensors and pass that"
         ) from exc
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # torch's unpickler raises anything on a damaged file
+        reason = str(exc).strip() or type(exc).__name__
+        raise ModelError(f"cannot read checkpoint {path}: {reason}") from exc
     return _unwrap_state_dict(checkpoint, path)
+
+
+def _check_looks_like_a_checkpoint(path: Path) -> None:
+    """torch.load's errors on a file that is no checkpoint at all are misleading (it
+    suggests weights_only=False): a torch file is a zip archive or a pickle."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ModelError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    if not head:
+        raise ModelError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise ModelError(
+            f"{path} is not a checkpoint: neither .safetensors, a torch zip archive nor a "
+            f"pickle (pass the .pt/.bin/.safetensors file the training wrote)"
+        )
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The line of torch's weights-only error that names what it refused."""
+    _, found, rest = str(exc).partition("WeightsUnpickler error:")
+    reason = next((line.strip() for line in rest.splitlines() if line.strip()), "")
+    return reason if found and reason else "the weights-only loader refused it"
 
 
 def _is_torchscript(path: Path) -> bool:

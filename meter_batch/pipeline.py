@@ -143,6 +143,7 @@ def encode(config: EncodeConfig, interactive: bool | None = None) -> RunSummary:
     are encoded, deleted ones tombstoned; a commit every ``commit_every`` images."""
     started = time.monotonic()
     root = _check_images_dir(config.images_dir)
+    plan_device(config.device, config.precision)  # a device it lacks: before store.json
     with locked(config.store) as lock:
         faults.point("locked")
         store, loaded = _open_for_encode(config, lock)

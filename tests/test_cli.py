@@ -121,3 +121,46 @@ def test_python_dash_m_runs_the_cli():
         [sys.executable, "-m", "meter_batch", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("meter-batch ")
+
+
+def test_a_device_this_machine_lacks_leaves_no_store_behind(tmp_path, image_dir, configs, capsys):
+    images, _ = image_dir
+    store = tmp_path / "s"
+    args = [*encode_args(images, store, configs["vit"]), "--precision", "fp16", "--device", "cpu"]
+    assert main(args) == 2
+    assert "fp16" in _one_error_line(capsys)
+    assert not (store / "store.json").exists()  # the store is not bound to that model
+    assert main(encode_args(images, store, configs["vit"])) == 0  # a later run starts clean
+
+
+def test_paths_in_the_way_are_one_line_errors(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["classify", "--store", str(tmp_path / "s"), "--labels", str(folder)], "is a folder"),
+        (["run", str(folder)], "is a folder, not a TOML file"),
+        (["bench", "encode", "--count", "0", "--dir", str(tmp_path / "b")], "--count must be"),
+        (["bench", "rescan", "--files", "0", "--dir", str(tmp_path / "b")], "--files must be"),
+        (["bench", "classify", "--n", "-5", "--dir", str(tmp_path / "b")], "--n must be"),
+        (["finetune", str(tmp_path / "c.csv"), "--out", str(tmp_path / "file")], "is a file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err  # `run` logs it as "job ... failed"
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_job_log_file_that_cannot_be_opened_is_a_setting_error(tmp_path, configs, capsys):
+    (tmp_path / "images").mkdir()
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'store = "s"\nlog_file = "{tmp_path / "file" / "x.log"}"\n'
+        f'[model]\nname = "{configs["vit"]}"\npretrained = "none"\n'
+        '[[roots]]\npath = "images"\n'
+    )
+    (tmp_path / "file").write_text("a file where the log folder should be")
+    assert main(["run", str(job)]) == 2
+    assert "cannot be opened for writing" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # found before any work

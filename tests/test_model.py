@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import pickle
 from pathlib import Path
 
 import open_clip
@@ -163,3 +164,28 @@ def test_cached_tag_is_found_in_open_clip_cache(tmp_path, monkeypatch, configs, 
     from_tag = _embed(ModelSpec(str(configs["vit"]), "meter"))
     from_file = _embed(ModelSpec(str(configs["vit"]), str(vit_checkpoint)))
     assert torch.equal(from_tag, from_file)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"garbage", "is not a checkpoint: neither .safetensors"),
+        (b"abc123  model.safetensors\n", "is not a checkpoint"),  # a checksum list
+        (pickle.dumps({"w": [1, 2]}, protocol=4), r"other than tensors \(Unsupported operand"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_gets_a_plain_reason(tmp_path, configs, content, message):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match=message) as caught:
+        load_model(ModelSpec(str(configs["vit"]), str(path)))
+    assert "weights_only" not in str(caught.value)  # not torch's advice to unpickle anyway
+
+
+def test_loading_a_checkpoint_does_not_warn_of_random_weights(configs, vit_checkpoint, caplog):
+    """open_clip warns 'No pretrained weights loaded' before meter-batch loads them: API
+    users (no CLI logging set-up) would read a false warning."""
+    with caplog.at_level("WARNING"):
+        load_model(ModelSpec(str(configs["vit"]), str(vit_checkpoint)))
+    assert not [r for r in caplog.records if "pretrained weights" in r.getMessage()]
