@@ -626,7 +626,10 @@ def _configure_logging(quiet: bool) -> None:
     for old in list(logger.handlers):  # main() may run many times in one process (tests)
         logger.removeHandler(old)
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # the level on the terminal's handler, not the logger: a job's log file gets INFO even
+    # when the terminal is quiet (cron runs `-q run`)
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.INFO)
     logger.propagate = False
     # A root handler stops logging.warning() in libraries from installing a default one.
     logging.getLogger().addHandler(logging.NullHandler())

@@ -160,11 +160,13 @@ def _relative(base: Path, value: str) -> Path:
 def run_job(path: Path) -> int:
     """Run a job file; returns the exit code (0, or the first failing step's)."""
     handler: logging.Handler | None = None
+    level = log.level
     try:
         job = load_job(path)
         if job.log_file is not None:
             handler = _open_log(job.log_file)
             log.addHandler(handler)
+            log.setLevel(min(log.getEffectiveLevel(), logging.INFO))  # the file gets INFO
         return _run_steps(job, path)
     except MeterBatchError as exc:
         log.error("job %s failed: %s", path, exc)
@@ -176,6 +178,7 @@ def run_job(path: Path) -> int:
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+            log.setLevel(level)
 
 
 def _open_log(path: Path) -> logging.Handler:
@@ -194,10 +197,14 @@ def _open_log(path: Path) -> logging.Handler:
 
 
 def _run_steps(job: Job, path: Path) -> int:
+    from meter_batch.labels import load_label_set
     from meter_batch.pipeline import classify, encode
 
+    configs = job.encode_configs()
+    for labels in job.classify.label_sets:  # a typo in one must not cost a night's encode
+        load_label_set(labels)
     log.info("job %s: start", path)
-    for config in job.encode_configs():
+    for config in configs:
         summary = encode(config, interactive=False)
         log.info("encode %s: %s", config.images_dir, json.dumps(summary.to_json()))
         print(json.dumps({"step": "encode", **summary.to_json()}), flush=True)

@@ -298,3 +298,34 @@ def test_unprefixed_and_prefixed_roots_do_not_mix(tmp_path, image_dir, configs):
     encode(config(images, store, configs["vit"]), False)
     with pytest.raises(ConfigError, match="one unprefixed root or only prefixed"):
         encode(config(images, store, configs["vit"], path_prefix="b/"), False)
+
+
+def test_a_bad_label_set_stops_the_job_before_any_encoding(tmp_path, configs):
+    make_images(tmp_path / "a", 3, seed=1)
+    good = Path(__file__).parents[1] / "jobs" / "labelsets" / "meter-type.toml"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text() + "\ntop_kk = 2\n")  # a typo
+    job = tmp_path / "nightly.toml"
+    job.write_text(
+        f'store = "store"\n[model]\nname = "{configs["vit"]}"\npretrained = "none"\n'
+        f'[encode]\nworkers = 0\n[[roots]]\npath = "a"\n'
+        f'[classify]\nlabel_sets = ["{good}", "{bad}"]\n'
+    )
+    assert run_job(job) == 2
+    assert not (tmp_path / "store").exists()  # nothing encoded, nothing classified
+
+
+def test_a_quiet_cron_run_still_logs_every_step_to_the_log_file(tmp_path, configs, capsys):
+    from meter_batch.cli import main
+
+    make_images(tmp_path / "a", 3, seed=1)
+    job = tmp_path / "nightly.toml"
+    job.write_text(
+        f'store = "store"\nlog_file = "nightly.log"\n'
+        f'[model]\nname = "{configs["vit"]}"\npretrained = "none"\n'
+        f'[encode]\nworkers = 0\n[[roots]]\npath = "a"\n'
+    )
+    assert main(["-q", "run", str(job)]) == 0
+    assert capsys.readouterr().err == ""  # quiet on the terminal ...
+    log = (tmp_path / "nightly.log").read_text()
+    assert "INFO job" in log and '"encoded": 3' in log and "done" in log  # ... not in the file
