@@ -234,7 +234,6 @@ class _EncodeRun:
             record = _run_record(self.config, device, self, time.monotonic() - started)
             self._commit(index, final=True, record=record)
         self.loop_seconds = time.monotonic() - loop_started
-        refresh_catalog(self.store)
 
     def _stored(self, relpath: bytes) -> bytes:
         return self.prefix + relpath
@@ -316,6 +315,8 @@ class _EncodeRun:
             changes["runs"] = (*manifest.runs, record)
         commit(self.store, next_manifest(self.store, **changes), staged, index_file)
         self.commits += 1
+        refresh_catalog(self.store)  # analysts see a long run's progress; an interrupted
+        # first run can be queried
 
     def summary(self, seconds: float) -> RunSummary:
         encoded = self.writer.encoded - len(self.changes.touched)

@@ -89,7 +89,10 @@ def _check_tombstones(store: Store, ids: set[int], problems: list[str]) -> set[i
 def _check_index(store: Store, live: set[int], problems: list[str]) -> None:
     if not store.manifest.index:
         if live:
-            problems.append("the manifest lists no FAISS index but the store has live rows")
+            problems.append(
+                "the manifest lists no FAISS index but the store has live rows (a first run "
+                "stopped before its last commit): run encode again, or rebuild-index"
+            )
         return
     try:
         present = index_ids(load_index(store.path(store.manifest.index)))

@@ -329,3 +329,15 @@ def test_a_quiet_cron_run_still_logs_every_step_to_the_log_file(tmp_path, config
     assert capsys.readouterr().err == ""  # quiet on the terminal ...
     log = (tmp_path / "nightly.log").read_text()
     assert "INFO job" in log and '"encoded": 3' in log and "done" in log  # ... not in the file
+
+
+def test_a_first_run_killed_after_a_commit_can_be_queried(tmp_path, configs):
+    images, store = tmp_path / "images", tmp_path / "store"
+    make_images(images, 10, seed=1)
+    args = ["encode", str(images), "--store", str(store), "--model", str(configs["vit"]),
+            "--pretrained", "none", "--workers", "0", "--batch-size", "3",
+            "--commit-every", "4"]  # fmt: skip
+    process = _cli(*args, env={"METER_BATCH_CRASH_AT": "batch:3"})  # 6 images committed
+    assert process.wait(120) == -signal.SIGKILL
+    counts = run_query(store, "SELECT count(*) FROM images")  # the catalog of that commit
+    assert counts.column(0).to_pylist() == [6]
