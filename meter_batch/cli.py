@@ -20,7 +20,7 @@ from meter_batch.config import (
     ModelSpec,
     default_workers,
 )
-from meter_batch.errors import EXIT_CODES, ConfigError, MeterBatchError
+from meter_batch.errors import EXIT_CODES, ConfigError, MeterBatchError, StoreError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -348,8 +348,11 @@ def _add_verify(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from meter_batch.store import STORE_FILE
     from meter_batch.verify import verify
 
+    if not (args.store / STORE_FILE).is_file():  # exit 5, as for every other command
+        raise StoreError(f"{args.store} is not a meter-batch store (no {STORE_FILE})")
     problems, counts = verify(args.store)
     for problem in problems:
         print(f"problem: {problem}")
@@ -536,7 +539,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
             half=args.half,
         )
     )
-    print(json.dumps({k: str(v) for k, v in dataclasses.asdict(result).items()}))
+    print(json.dumps(dataclasses.asdict(result), default=str))  # paths as text, rows a number
     print(
         f"\nuse it:  meter-batch encode IMAGES_DIR --store STORE "
         f"--model {result.config} --pretrained {result.weights}"

@@ -33,7 +33,7 @@ from meter_batch.decode import (
     split_preprocess,
 )
 from meter_batch.encode import DevicePlan, ImageEncoder, plan_device
-from meter_batch.errors import ConfigError, InputError, ModelMismatchError
+from meter_batch.errors import ConfigError, InputError, ModelError, ModelMismatchError
 from meter_batch.gpu_decode import (
     RESIZE_MODES,
     DeviceJpegDecoder,
@@ -684,7 +684,15 @@ def load_store_model(store: Store, override: ModelSpec | None = None) -> LoadedM
     """The store's own model (or ``override``, e.g. after moving the checkpoint), verified."""
     source = store.model_source
     spec = override or ModelSpec(source["name"], source["pretrained"], source.get("seed", 0))
-    loaded = load_model(spec)
+    try:
+        loaded = load_model(spec)
+    except ModelError as exc:
+        if override is not None:
+            raise
+        raise ModelError(  # the files were moved since the store recorded them
+            f"{exc} (the model that wrote {store.root}; if its files moved, pass "
+            f"--model/--pretrained with their new paths)"
+        ) from exc
     problems = loaded.identity.differences(store.identity)
     if problems:
         raise ModelMismatchError(

@@ -52,7 +52,12 @@ def search(
         _text_query(store, text, model) if text is not None else _image_query(store, image, model)
     )
     scores, ids = index_search(load_index(store.path(store.manifest.index)), query[None, :], k)
-    found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+    # float16-stored vectors are unit length only to ~1e-3: a cosine may read 1.0003
+    found = [
+        (int(i), min(1.0, max(-1.0, float(s))))
+        for i, s in zip(ids[0], scores[0], strict=True)
+        if i >= 0
+    ]
     paths = _paths_of(store, [i for i, _ in found])
     return [Hit(n, i, round(s, 6), paths.get(i, "?")) for n, (i, s) in enumerate(found, start=1)]
 
@@ -66,6 +71,8 @@ def _text_query(store: Store, text: str | None, model: ModelSpec | None) -> np.n
 
 def _image_query(store: Store, image: Path | None, model: ModelSpec | None) -> np.ndarray:
     assert image is not None
+    if image.is_dir():
+        raise InputError(f"--image {image} is a folder; give one image file")
     if not image.is_file():
         raise InputError(f"image not found: {image}")
     loaded = load_store_model(store, model)

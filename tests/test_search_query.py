@@ -161,3 +161,30 @@ def test_a_catalog_from_an_older_version_is_rebuilt_by_the_next_encode(store):
     assert run_query(root, "SELECT jpeg_decode FROM runs").to_pylist() == [
         {"jpeg_decode": "workers"}
     ]
+
+
+def test_every_image_finds_itself_with_a_cosine_of_at_most_one(store):
+    images, root, _ = store
+    for query in sorted(images.rglob("*.*")):
+        top = search(root, image=query, k=1)[0]
+        assert top.path == str(query.relative_to(images))
+        assert 0.99 <= top.score <= 1.0  # float16 rows read up to ~1.0003 unclamped
+
+
+def test_store_and_image_mistakes_are_one_line_errors(store, tmp_path, capsys):
+    images, root, _ = store
+    assert main(["search", "--store", str(root), "--image", str(images)]) == 3
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "nothing")]) == 5  # as search, classify, query
+    assert "not a meter-batch store" in capsys.readouterr().err
+
+
+def test_a_moved_model_gets_a_hint(tmp_path, image_dir, configs, vit_checkpoint, capsys):
+    images, _ = image_dir
+    moved = tmp_path / "weights.pt"
+    moved.write_bytes(vit_checkpoint.read_bytes())
+    spec = ModelSpec(str(configs["vit"]), str(moved))
+    encode(EncodeConfig(images_dir=images, store=tmp_path / "s", model=spec, workers=0), False)
+    moved.rename(tmp_path / "elsewhere.pt")
+    assert main(["search", "--store", str(tmp_path / "s"), "digital"]) == 4
+    assert "if its files moved, pass --model/--pretrained" in capsys.readouterr().err
