@@ -181,6 +181,12 @@ def resize_timings(device: str, rounds: int = 5) -> dict:
             result[f"{width}x{height}_{name}_ms"] = round(_timed(action, frames, rounds), 2)
         difference = (whole(frames).int() - decoder.resize_crop(frames).int()).abs()
         result[f"{width}x{height}_max_diff"] = int(difference.max())
+    worst = 0  # near 1:1 and short sides under 224: where a CPU run found 255-level errors
+    for height, width in ((221, 300), (300, 221), (243, 3845), (238, 3458), (300, 1000)):
+        frames = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8).to(target)
+        difference = (whole(frames).int() - decoder.resize_crop(frames).int()).abs()
+        worst = max(worst, int(difference.max()))
+    result["odd_geometries_max_diff"] = worst
     return result
 
 

@@ -399,7 +399,7 @@ def _device_decode_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     alone, during = r["device_decode_per_s"], r.get("e2e_device_decode_per_s")
     return [
-        ("(d) device decode img/s", f"{alone:,.1f} (decode + resize on the device, inside a)"),
+        ("(d) device decode img/s", f"{alone:,.1f} (GPU decoder stage alone, inside a)"),
         ("    during e2e", f"{during:,.1f}" if during else "-"),
     ]
 

@@ -46,8 +46,19 @@ class KeptInput:
     first: int
     zoom: float
 
+    def outputs(self, side: int) -> int:
+        """How many outputs to ask for: through the kept ones. One more where that count
+        equals the span's length: PyTorch's CPU kernel then copies the axis unresized,
+        whatever the scale (its CUDA kernel does not)."""
+        count = self.first + side
+        return count + 1 if count == self.stop - self.start and self.zoom != 1.0 else count
 
-MAX_SHIFT = 0.004  # output pixels: how far the cropped resize may sample off the whole one
+
+def max_shift(scale: float) -> float:
+    """Output pixels the cropped resize may sample off the whole one and stay within one
+    level on noise (the worst case): bicubic near 1:1 follows each pixel, a larger
+    downscale averages more of them, so its error falls about as 1/sqrt(scale)."""
+    return 0.0025 * math.sqrt(max(scale, 1.0))
 
 
 def kept_input(n_in: int, n_out: int, side: int) -> KeptInput:
@@ -55,8 +66,8 @@ def kept_input(n_in: int, n_out: int, side: int) -> KeptInput:
     centre crop of ``side`` reads. The span begins ``first`` outputs before the crop, so
     the bicubic window of every kept output lies inside it; ``first`` is the smallest such
     margin at which the span's integer start falls on the whole resize's output grid
-    (within MAX_SHIFT): then the kept pixels equal the whole resize's within a level or
-    two. ``first == offset`` (start 0) always qualifies."""
+    (within ``max_shift``): then the kept pixels equal the whole resize's within one
+    level. ``first == offset`` (start 0) always qualifies."""
     scale = n_in / n_out  # input pixels per output pixel, as interpolate computes it
     offset = round((n_out - side) / 2.0)
     whole = KeptInput(0, n_in, offset, n_out / n_in)
@@ -64,7 +75,8 @@ def kept_input(n_in: int, n_out: int, side: int) -> KeptInput:
     nearest = math.ceil(reach / scale)
     if offset < nearest:  # too little cropped away to leave a margin
         return whole
-    first = next(k for k in range(nearest, offset + 1) if _shift(offset - k, scale) <= MAX_SHIFT)
+    tolerance = max_shift(scale)
+    first = next(k for k in range(nearest, offset + 1) if _shift(offset - k, scale) <= tolerance)
     stop = min(n_in, math.ceil((offset + side) * scale + reach))
     return KeptInput(round((offset - first) * scale), stop, first, whole.zoom)
 
@@ -209,7 +221,7 @@ class DeviceJpegDecoder:
         """(N, 3, H, W) uint8 -> (N, side, side, 3) uint8: torchvision's Resize(side)
         sizes (int() of the long side) and CenterCrop's offsets, so the crop matches.
         Only the input the kept pixels read is resized (see ``kept_input``): a 16:9 frame
-        costs ~60 % of resizing it whole, within 1-2 levels of doing so."""
+        costs ~60 % of resizing it whole, within one level of doing so."""
         _, _, height, width = images.shape
         short, long = (height, width) if height <= width else (width, height)
         new_long = int(self.side * long / short)
@@ -220,9 +232,10 @@ class DeviceJpegDecoder:
         # F.interpolate takes a size or a scale, not both; this op (the one it calls) takes
         # both: the part's own size would change the scale and so the pixels
         resized = torch.ops.aten._upsample_bicubic2d_aa(
-            part, [rows.first + self.side, cols.first + self.side], False, rows.zoom, cols.zoom
+            part, [rows.outputs(self.side), cols.outputs(self.side)], False, rows.zoom, cols.zoom
         )
-        crop = resized[:, :, rows.first :, cols.first :]
+        top, left = rows.first, cols.first
+        crop = resized[:, :, top : top + self.side, left : left + self.side]
         return crop.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
     def _cpu_decode(self, item: Decoded) -> Decoded:

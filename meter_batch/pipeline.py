@@ -99,8 +99,8 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the model ran torch.compile'd (--compile, when it applied)
     # with JPEGs decoded on the GPU, where the decoder thread spent its time: waiting for
-    # the workers' bytes, and decoding (nvjpeg + resize) while the model ran; empty when
-    # the workers decode everything
+    # the workers' bytes, decoding (nvjpeg + resize) while the model ran, and waiting for
+    # the model to take decoded batches; empty when the workers decode everything
     decoder_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class RunSummary:
 
 
 STAGES = ("start", "waiting_for_decode", "model", "writes")  # the main thread's
-DECODER_STAGES = ("waiting_for_workers", "device_decode")  # the GPU decoder thread's
+DECODER_STAGES = ("waiting_for_workers", "device_decode", "waiting_for_model")  # GPU decoder's
 
 
 @dataclass
@@ -124,6 +124,8 @@ class LoopReport:
     @contextmanager
     def timing(self, stage: str) -> Iterator[None]:
         """Adds the block's seconds to ``stage``: a main-thread stage or a decoder one."""
+        if stage not in STAGES and stage not in DECODER_STAGES:
+            raise ValueError(f"no stage {stage!r}")  # a typo must not vanish from the report
         clock = self.seconds if stage in STAGES else self.decoder_seconds
         started = time.perf_counter()
         try:
@@ -444,9 +446,10 @@ def _timed_device_decoding(
             batch = next(batches, None)
         if batch is None:
             return
-        with report.timing("device_decode"):
+        with report.timing("device_decode"):  # with any rejected JPEG's CPU fallback
             decoded = on_device(batch)
-        yield decoded
+        with report.timing("waiting_for_model"):  # prefetch's queue is full: the model limits
+            yield decoded
 
 
 def _device_decoder(

@@ -10,7 +10,7 @@ import pytest
 
 from meter_batch import bench
 from meter_batch.cli import main
-from meter_batch.pipeline import STAGES
+from meter_batch.pipeline import DECODER_STAGES, STAGES
 
 
 @pytest.fixture(autouse=True)
@@ -84,10 +84,9 @@ def test_bench_encode_reports_the_device_decoders_rate_alone_and_during_e2e(
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["jpeg_decode"] == "device" and r["images"] == 6
     seconds = r["e2e_decoder_seconds"]
-    assert sorted(seconds) == ["device_decode", "waiting_for_workers"]
+    assert list(seconds) == list(DECODER_STAGES)
+    # per image of the folder (6, of which the PNGs only copied), from the e2e run's clock
     assert r["e2e_device_decode_per_s"] == pytest.approx(6 / seconds["device_decode"], rel=0.02)
-    # decode capacity a includes the device decoder's time, so d is at least a
-    assert r["device_decode_per_s"] >= r["decode_per_s"]
     assert re.search(rf"\n\(d\) device decode img/s +{r['device_decode_per_s']:,.1f} ", table)
     assert "\ne2e decoder thread, seconds  waiting_for_workers " in table
 

@@ -87,7 +87,7 @@ def test_device_decoding_stays_close_to_the_reference_on_real_photos(tmp_path, p
     stage = split_preprocess(load_model(ModelSpec("RN50", "none")).reference_preprocess)
     for path in sorted(photos.iterdir()):
         difference = _device_pixel_difference(path, stage)
-        assert difference.mean() < 0.5 and difference.max() <= 8, path.name
+        assert difference.mean() < 0.15 and difference.max() <= 4, path.name  # seen: 0.11, 4
 
 
 def _device_pixel_difference(path, stage):  # type: ignore[no-untyped-def]
