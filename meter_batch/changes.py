@@ -251,7 +251,8 @@ def _deleted(
     if live.num_rows and not len(work) and len(gone) >= live.num_rows:
         raise InputError(
             f"the images directory holds no images, but the store has {live.num_rows}: "
-            f"refusing to mark them all deleted (is the share mounted?)"
+            f"refusing to mark them all deleted (is the share mounted? If every image really "
+            f"is gone, remove the store folder or start a new one)"
         )
     return sorted(gone, key=lambda item: item[0])
 

@@ -113,7 +113,7 @@ def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--max-pixels",
         type=int,
         default=100_000_000,
-        help="larger images (by their header) are failures of kind too_large (default: 1e8)",
+        help="larger images (by their header) are failures of kind too_large (default: 100000000)",
     )
     parser.add_argument(
         "--decode-timeout",
@@ -558,25 +558,58 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "over --files files against a bare os.scandir walk of the same tree.",
     )
     parser.add_argument("what", choices=("encode", "classify", "rescan"))
-    parser.add_argument(
-        "--n", type=int, action="append", help="store sizes (default: 100000 and 1000000)"
-    )
-    parser.add_argument("--dim", type=int, default=1024, help="embedding dimension (default: 1024)")
-    parser.add_argument("--labels", type=int, default=10, help="labels (default: 10)")
     parser.add_argument("--dir", type=Path, default=Path("bench-output"), help="scratch folder")
-    parser.add_argument("--files", type=int, default=100_000, help="rescan: files (100000)")
-    parser.add_argument("--images", type=Path, help="encode: an image folder (default: generate)")
-    parser.add_argument("--count", type=int, default=600, help="encode: images to generate (600)")
-    parser.add_argument("--model", default="RN50", help="encode: model (default: RN50)")
-    parser.add_argument("--pretrained", default="none", help="encode: weights (default: none)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="encode")
-    parser.add_argument("--batch-size", type=int, default=64, help="encode (default: 64)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="encode")
-    parser.add_argument("--exact", action="store_true", help="encode: the reference path")
-    parser.add_argument("--jpeg-decode", choices=JPEG_DECODERS, default="auto", help="encode")
-    parser.add_argument("--compile", action="store_true", help="encode: torch.compile the model")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    # Each benchmark's own options default to None: one given to another benchmark is an
+    # error, not silently ignored (`bench classify --count 4` would run the 1M-row bench).
+    for flag, kind, what, meaning in _BENCH_OPTIONS:
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=f"{what}: {meaning}")
+        else:
+            parser.add_argument(flag, type=kind, help=f"{what}: {meaning}", **_extra(flag))
     parser.set_defaults(handler=_run_bench)
+
+
+_BENCH_OPTIONS: list[tuple[str, Any, str, str]] = [
+    ("--n", int, "classify", "store sizes, repeatable (default: 100000 and 1000000)"),
+    ("--dim", int, "classify", "embedding dimension (default: 1024)"),
+    ("--labels", int, "classify", "labels (default: 10)"),
+    ("--files", int, "rescan", "files (default: 100000)"),
+    ("--images", Path, "encode", "an image folder (default: generate one)"),
+    ("--count", int, "encode", "images to generate (default: 600)"),
+    ("--model", str, "encode", "model (default: RN50)"),
+    ("--pretrained", str, "encode", "weights (default: none)"),
+    ("--workers", int, "encode", "decode workers (default: from the core count)"),
+    ("--batch-size", int, "encode", "batch size (default: 64)"),
+    ("--device", str, "encode", f"one of {', '.join(DEVICES)} (default: auto)"),
+    ("--exact", bool, "encode", "the reference path"),
+    ("--jpeg-decode", str, "encode", f"one of {', '.join(JPEG_DECODERS)} (default: auto)"),
+    ("--compile", bool, "encode", "torch.compile the model"),
+]
+_BENCH_DEFAULTS: dict[str, Any] = {
+    "n": [100_000, 1_000_000], "dim": 1024, "labels": 10, "files": 100_000, "count": 600,
+    "model": "RN50", "pretrained": "none", "batch_size": 64, "device": "auto",
+    "exact": False, "jpeg_decode": "auto", "compile": False,
+}  # fmt: skip
+
+
+def _extra(flag: str) -> dict[str, Any]:
+    choices = {"--device": DEVICES, "--jpeg-decode": JPEG_DECODERS}
+    if flag == "--n":
+        return {"action": "append"}
+    return {"choices": choices[flag]} if flag in choices else {}
+
+
+def _bench_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """The options of ``args.what`` with their defaults; another benchmark's is an error."""
+    for flag, _, what, _ in _BENCH_OPTIONS:
+        name = flag.lstrip("-").replace("-", "_")
+        if what != args.what and getattr(args, name) is not None:
+            raise ConfigError(f"{flag} is an option of `bench {what}`, not `bench {args.what}`")
+        if getattr(args, name) is None:
+            default = default_workers() if name == "workers" else _BENCH_DEFAULTS.get(name)
+            setattr(args, name, default)
+    return args
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -588,7 +621,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         format_encode_table,
     )
 
-    counts = {"--files": [args.files], "--count": [args.count], "--n": args.n or []}
+    args = _bench_settings(args)
+    counts = {"--files": [args.files], "--count": [args.count], "--n": args.n}
     for flag, values in counts.items():
         if any(value < 1 for value in values):
             raise ConfigError(f"{flag} must be >= 1")
@@ -613,8 +647,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
-    sizes = args.n or [100_000, 1_000_000]
-    results = bench_classify(sizes, args.dim, args.labels, args.dir)
+    results = bench_classify(args.n, args.dim, args.labels, args.dir)
     print(format_classify_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

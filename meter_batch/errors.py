@@ -54,7 +54,7 @@ EXIT_CODES: dict[int, str] = {
     0: "success (per-image failures are data, not errors)",
     1: "internal error (a bug: please report the traceback)",
     2: "invalid setting or command line",
-    3: "input missing or unreadable (images directory, image file)",
+    3: "input missing or unreadable (images directory, image file, captions CSV)",
     4: "model architecture or weights cannot be found or loaded",
     5: "store cannot be created, read or written",
     6: "store belongs to another model",

@@ -143,6 +143,11 @@ def test_paths_in_the_way_are_one_line_errors(tmp_path, capsys):
         (["bench", "encode", "--count", "0", "--dir", str(tmp_path / "b")], "--count must be"),
         (["bench", "rescan", "--files", "0", "--dir", str(tmp_path / "b")], "--files must be"),
         (["bench", "classify", "--n", "-5", "--dir", str(tmp_path / "b")], "--n must be"),
+        (
+            ["bench", "classify", "--count", "4", "--dir", str(tmp_path / "b")],
+            "--count is an option of `bench encode`, not `bench classify`",
+        ),
+        (["bench", "encode", "--n", "5", "--dir", str(tmp_path / "b")], "`bench classify`"),
         (["finetune", str(tmp_path / "c.csv"), "--out", str(tmp_path / "file")], "is a file"),
     ]
     for argv, message in cases:
