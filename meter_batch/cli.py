@@ -7,7 +7,8 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,30 @@ def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _run_encode(args: argparse.Namespace) -> int:
     from meter_batch.pipeline import encode
 
-    config = EncodeConfig(
+    with _settings_named_as_flags():
+        config = _encode_config(args)
+    summary = encode(config)
+    print(json.dumps(summary.to_json()))
+    return 0
+
+
+@contextmanager
+def _settings_named_as_flags() -> Iterator[None]:
+    """EncodeConfig names its fields as a config file does (path_prefix); on the command
+    line the user typed a flag (--prefix): say that."""
+    flags = {"path_prefix": "--prefix", "model": "--model", "pretrained": "--pretrained"}
+    try:
+        yield
+    except ConfigError as exc:
+        field, _, rest = str(exc).partition(" ")
+        if field not in flags and field not in {f.name for f in dataclasses.fields(EncodeConfig)}:
+            raise
+        flag = flags.get(field, "--" + field.replace("_", "-"))
+        raise ConfigError(f"{flag} {rest}") from exc
+
+
+def _encode_config(args: argparse.Namespace) -> EncodeConfig:
+    return EncodeConfig(
         images_dir=args.images_dir,
         store=args.store,
         model=ModelSpec(name=args.model, pretrained=args.pretrained),
@@ -171,9 +195,6 @@ def _run_encode(args: argparse.Namespace) -> int:
         jpeg_decode=args.jpeg_decode,
         compile=args.compile,
     )
-    summary = encode(config)
-    print(json.dumps(summary.to_json()))
-    return 0
 
 
 def _model_override(args: argparse.Namespace) -> ModelSpec | None:

@@ -98,7 +98,11 @@ def test_bad_setting_exits_2(tmp_path, image_dir, configs, capsys):
     images, _ = image_dir
     args = [*encode_args(images, tmp_path / "s", configs["vit"]), "--batch-size", "0"]
     assert main(args) == 2
-    assert "batch_size must be an integer >= 1" in _one_error_line(capsys)
+    # named by the flag the user typed, not the config-file key
+    assert "--batch-size must be an integer >= 1" in _one_error_line(capsys)
+    args = [*encode_args(images, tmp_path / "s", configs["vit"]), "--prefix", "/abs"]
+    assert main(args) == 2
+    assert "--prefix must look like 'name/'" in _one_error_line(capsys)
 
 
 def test_every_exit_code_is_in_the_help_and_readme():
