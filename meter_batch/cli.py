@@ -158,7 +158,7 @@ def _run_encode(args: argparse.Namespace) -> int:
 
     with _settings_named_as_flags():
         config = _encode_config(args)
-    summary = encode(config)
+    summary = encode(config, interactive=False if args.quiet else None)  # -q: no bar
     print(json.dumps(summary.to_json()))
     return 0
 
@@ -222,7 +222,8 @@ def _add_classify(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 def _run_classify(args: argparse.Namespace) -> int:
     from meter_batch.pipeline import classify
 
-    summary = classify(args.store, args.labels, _model_override(args))
+    quiet = False if args.quiet else None  # -q: no progress bar
+    summary = classify(args.store, args.labels, _model_override(args), interactive=quiet)
     print(json.dumps(summary.to_json(), ensure_ascii=False))
     return 0
 
@@ -633,17 +634,24 @@ def _bench_settings(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _bench_encode(*args: Any) -> dict[str, Any]:
+    from meter_batch.bench import bench_encode
+
+    with _settings_named_as_flags():  # its EncodeConfig is built from bench's own flags
+        return bench_encode(*args)
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from meter_batch.bench import (
         bench_classify,
-        bench_encode,
         bench_rescan,
         format_classify_table,
         format_encode_table,
     )
 
     args = _bench_settings(args)
-    counts = {"--files": [args.files], "--count": [args.count], "--n": args.n}
+    counts = {"--files": [args.files], "--count": [args.count], "--n": args.n,
+              "--dim": [args.dim], "--labels": [args.labels]}  # fmt: skip
     for flag, values in counts.items():
         if any(value < 1 for value in values):
             raise ConfigError(f"{flag} must be >= 1")
@@ -651,7 +659,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         result = (
             bench_rescan(args.files, args.dir)
             if args.what == "rescan"
-            else bench_encode(
+            else _bench_encode(
                 args.images,
                 args.dir,
                 ModelSpec(args.model, args.pretrained),

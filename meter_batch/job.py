@@ -4,8 +4,10 @@ logs to a file, and returns an exit code cron can alert on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,26 +161,49 @@ def _relative(base: Path, value: str) -> Path:
 
 def run_job(path: Path) -> int:
     """Run a job file; returns the exit code (0, or the first failing step's)."""
-    handler: logging.Handler | None = None
-    level = log.level
+    with contextlib.ExitStack() as cleanup:
+        try:
+            job = load_job(path)
+            if job.log_file is not None:
+                cleanup.enter_context(_logging_to(job.log_file))
+            return _run_steps(job, path)
+        except MeterBatchError as exc:
+            log.error("job %s failed: %s", path, exc)
+            return exc.exit_code
+        except Exception:
+            log.exception("job %s failed with an internal error", path)
+            raise
+
+
+@contextlib.contextmanager
+def _logging_to(log_file: Path) -> Iterator[None]:
+    """Every step at INFO into the job's log file, even under `-q` (cron); what reached the
+    terminal or a library user's own handlers before still does, no more: their records
+    go on at WARNING and above (the CLI's logger does not propagate: its own handler)."""
+    handler = _open_log(log_file)
+    saved = log.level, log.propagate
+    upward = _Upward(logging.WARNING) if log.propagate else None
+    log.addHandler(handler)
+    if upward is not None:
+        log.propagate = False
+        log.addHandler(upward)
+    log.setLevel(min(log.getEffectiveLevel(), logging.INFO))
     try:
-        job = load_job(path)
-        if job.log_file is not None:
-            handler = _open_log(job.log_file)
-            log.addHandler(handler)
-            log.setLevel(min(log.getEffectiveLevel(), logging.INFO))  # the file gets INFO
-        return _run_steps(job, path)
-    except MeterBatchError as exc:
-        log.error("job %s failed: %s", path, exc)
-        return exc.exit_code
-    except Exception:
-        log.exception("job %s failed with an internal error", path)
-        raise
+        yield
     finally:
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
-            log.setLevel(level)
+        log.removeHandler(handler)
+        handler.close()
+        if upward is not None:
+            log.removeHandler(upward)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+class _Upward(logging.Handler):
+    """Hands records to the root logger's handlers, as propagation would."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
 
 
 def _open_log(path: Path) -> logging.Handler:

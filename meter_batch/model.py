@@ -95,11 +95,18 @@ def _quiet_random_init_warning() -> Iterator[None]:
     `none` the run records random weights itself. Silenced for API users too."""
     root = logging.getLogger()
     quiet = _DropRandomInitWarning()
+    # logging.warning() on a root without handlers installs a stderr one (basicConfig)
+    # before any filter runs: a library user would then see every INFO line after
+    silent = logging.NullHandler() if not root.handlers else None
     root.addFilter(quiet)
+    if silent is not None:
+        root.addHandler(silent)
     try:
         yield
     finally:
         root.removeFilter(quiet)
+        if silent is not None:
+            root.removeHandler(silent)
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
@@ -225,7 +232,7 @@ def _find_cached_tag(architecture: str, tag: str, tag_cfg: Mapping[str, Any]) ->
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a checkpoint file, without unpickling arbitrary objects."""
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
         try:
@@ -261,6 +268,8 @@ def _check_looks_like_a_checkpoint(path: Path) -> None:
         raise ModelError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
     if not head:
         raise ModelError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+    if _is_safetensors_layout(path):
+        raise ModelError(f"{path} is a safetensors file: name it *.safetensors to load it")
     if not head.startswith((b"PK\x03\x04", b"\x80")):
         raise ModelError(
             f"{path} is not a checkpoint: neither .safetensors, a torch zip archive nor a "
@@ -268,10 +277,20 @@ def _check_looks_like_a_checkpoint(path: Path) -> None:
         )
 
 
+def _is_safetensors_layout(path: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    size = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    return 0 < size < 100_000_000 and head[8:9] == b"{"
+
+
 def _unpickler_reason(exc: Exception) -> str:
     """The line of torch's weights-only error that names what it refused."""
     _, found, rest = str(exc).partition("WeightsUnpickler error:")
     reason = next((line.strip() for line in rest.splitlines() if line.strip()), "")
+    if reason.startswith("Unsupported operand"):  # pickle protocol 4/5 opcodes
+        return f"{reason}: or saved with a pickle protocol above 2, which it does not read"
     return reason if found and reason else "the weights-only loader refused it"
 
 

@@ -145,7 +145,8 @@ def encode(config: EncodeConfig, interactive: bool | None = None) -> RunSummary:
     are encoded, deleted ones tombstoned; a commit every ``commit_every`` images."""
     started = time.monotonic()
     root = _check_images_dir(config.images_dir)
-    plan_device(config.device, config.precision)  # a device it lacks: before store.json
+    if config.device == "cuda" or config.precision == "fp16":  # can fail: before store.json
+        plan_device(config.device, config.precision)
     with locked(config.store) as lock:
         faults.point("locked")
         store, loaded = _open_for_encode(config, lock)

@@ -100,7 +100,11 @@ def _file_list(store: Store, kind: str, schema: pa.Schema) -> str:
     if not paths:
         empty = store.root / EMPTY_DIR / f"{kind}.parquet"
         empty.parent.mkdir(exist_ok=True)
-        pq.write_table(schema.empty_table(), empty)
+        # replaced whole, never rewritten in place: a query of the current catalog reads
+        # this file while an encode's next commit rebuilds the catalog
+        temp = empty.with_name(f".{kind}.parquet.tmp-{os.getpid()}")
+        pq.write_table(schema.empty_table(), temp)
+        os.replace(temp, empty)
         paths = [empty]
     quoted = ", ".join("'" + str(p.resolve()).replace("'", "''") + "'" for p in paths)
     return f"[{quoted}]"

@@ -141,6 +141,7 @@ def test_paths_in_the_way_are_one_line_errors(tmp_path, capsys):
     folder = tmp_path / "folder"
     folder.mkdir()
     (tmp_path / "file").write_text("x")
+    (tmp_path / "utf16.toml").write_text('store = "s"\n', encoding="utf-16")  # as Notepad
     cases = [
         (["classify", "--store", str(tmp_path / "s"), "--labels", str(folder)], "is a folder"),
         (["run", str(folder)], "is a folder, not a TOML file"),
@@ -152,13 +153,19 @@ def test_paths_in_the_way_are_one_line_errors(tmp_path, capsys):
             "--count is an option of `bench encode`, not `bench classify`",
         ),
         (["bench", "encode", "--n", "5", "--dir", str(tmp_path / "b")], "`bench classify`"),
+        (["bench", "classify", "--dim", "0", "--dir", str(tmp_path / "b")], "--dim must be"),
+        (
+            ["bench", "encode", "--count", "2", "--batch-size", "0", "--dir", str(tmp_path / "b")],
+            "--batch-size must be",
+        ),
+        (["run", str(tmp_path / "utf16.toml")], "is not UTF-8 text"),
         (["finetune", str(tmp_path / "c.csv"), "--out", str(tmp_path / "file")], "is a file"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err  # `run` logs it as "job ... failed"
-    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "b" / "store").exists()
 
 
 def test_a_job_log_file_that_cannot_be_opened_is_a_setting_error(tmp_path, configs, capsys):
@@ -173,3 +180,20 @@ def test_a_job_log_file_that_cannot_be_opened_is_a_setting_error(tmp_path, confi
     assert main(["run", str(job)]) == 2
     assert "cannot be opened for writing" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()  # found before any work
+
+
+def test_a_job_run_from_python_prints_no_info_lines(tmp_path, configs):
+    """A library user who set up no logging: the job's steps go to its log_file only."""
+    images = tmp_path / "a"
+    images.mkdir()
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'store = "s"\nlog_file = "job.log"\n[model]\nname = "{configs["vit"]}"\n'
+        f'pretrained = "none"\n[encode]\nworkers = 0\n[[roots]]\npath = "a"\n'
+    )
+    (images / "x.png").write_bytes((Path(__file__).parent / "conftest.py").read_bytes()[:10])
+    code = f"from meter_batch.job import run_job; run_job(__import__('pathlib').Path({str(job)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "scanning" not in done.stderr and "job" not in done.stderr, done.stderr
+    log = (tmp_path / "job.log").read_text()
+    assert "scanning" in log and "done" in log  # every step in the job's own log

@@ -189,3 +189,13 @@ def test_loading_a_checkpoint_does_not_warn_of_random_weights(configs, vit_check
     with caplog.at_level("WARNING"):
         load_model(ModelSpec(str(configs["vit"]), str(vit_checkpoint)))
     assert not [r for r in caplog.records if "pretrained weights" in r.getMessage()]
+
+
+def test_a_safetensors_file_with_another_suffix_is_named_as_such(tmp_path, configs, state_dict):
+    path = tmp_path / "weights.bin"
+    save_file(state_dict, str(path))
+    with pytest.raises(ModelError, match="is a safetensors file: name it"):
+        load_model(ModelSpec(str(configs["vit"]), str(path)))
+    upper = tmp_path / "weights.SAFETENSORS"
+    path.rename(upper)
+    assert load_model(ModelSpec(str(configs["vit"]), str(upper))).identity is not None
