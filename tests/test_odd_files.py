@@ -65,7 +65,11 @@ def corpus(tmp_path: Path) -> Path:
     corrupt[at : at + 24] = b"\x00" * 24
     (root / "corrupt.png").write_bytes(bytes(corrupt))
     (root / "really-a-png.jpg").write_bytes(_png(arrow_picture()))
-    arrow_picture().convert("L").save(root / "spider-single.jpg", "SPIDER")  # refuses seek()
+    # refuses seek(). Saved under its own suffix, then renamed: Pillow's SPIDER saver
+    # registers the file's suffix for itself, and every later `.jpg` save in the process
+    # (other tests' fixtures) would write SPIDER files
+    arrow_picture().convert("L").save(root / "spider-single.spi", "SPIDER")
+    (root / "spider-single.spi").rename(root / "spider-single.jpg")
     for orientation, rotate in ((6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)):
         exif = Image.Exif()
         exif[0x0112] = orientation
