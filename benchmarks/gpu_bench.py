@@ -151,7 +151,7 @@ def run_variants(images: Path, args: argparse.Namespace, results: list[dict]) ->
     for model, batch, name in plan:
         with variant(name):
             result = bench_encode(
-                images, args.work, ModelSpec(model, "none"), 0, cores, batch, "cuda", False
+                images, args.work, ModelSpec(model, "none"), 0, cores, batch, args.device, False
             )
         result["variant"] = name
         print(json.dumps(result), flush=True)
@@ -222,6 +222,7 @@ def main() -> None:
         "--sweep", action="store_true", help="batch sizes and worker counts instead (fast path)"
     )
     parser.add_argument("--only", type=int, help="run only the first N configurations")
+    parser.add_argument("--start", type=int, default=0, help="skip the first N configurations")
     parser.add_argument("--variants", action="store_true", help="GPU-decode experiments instead")
     parser.add_argument("--digest", action="store_true", help="print source_sha256 and stop")
     parser.add_argument("--resize", action="store_true", help="print resize_timings and stop")
@@ -269,7 +270,7 @@ def run_plan(images: Path, args: argparse.Namespace, results: list[dict]) -> Non
             ("ViT-B-32", cores, 512, "workers", False),
         ]
     name = "bench-gpu-sweep.json" if args.sweep else "bench-gpu.json"
-    for model, workers, batch, jpeg_decode, compile_it in plan[: args.only]:
+    for model, workers, batch, jpeg_decode, compile_it in plan[args.start : args.only]:
         if model == "check":  # every 640x480 file, and one folder of the large ones
             found = [
                 consistency(folder, args.work, "ViT-B-32", args.device)
