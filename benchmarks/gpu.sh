@@ -4,9 +4,11 @@
 # Python 3.12) and run:
 #   bash benchmarks/gpu.sh
 # It writes $OUT/bench-gpu.json, $OUT/gpu-extras.json and $OUT/log.txt.
-# Next GPU session (issue 6), two calls on one warm machine (device tool, carry .whl):
-#   SKIP_EXTRAS=1 bash benchmarks/gpu.sh                                  # ~6 min, timeout_s 480
-#   SKIP_EXTRAS=1 PER_SIZE=5000 BENCH_S=240 bash benchmarks/gpu.sh --variants   # ~3 min
+# The 2026-11-27 runs (BENCHMARKS.md) took, on one H100, device call included:
+#   --variants then --start 3, 10,000 per size: ~6 min;  --per-size 40000 --only 3: ~4 min.
+# Open question for a next GPU session: does --compile pay on long RN50 runs (GPU path)?
+#   SKIP_EXTRAS=1 PER_SIZE=40000 bash benchmarks/gpu.sh --start 4 --only 5   # compiled, ~3 min
+#   SKIP_EXTRAS=1 PER_SIZE=40000 bash benchmarks/gpu.sh --only 1   # same machine: uncompiled
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
