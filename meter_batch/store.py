@@ -127,22 +127,57 @@ def open_store(root: Path) -> Store:
 
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[BinaryIO]:
-    """Hold the store's exclusive lock; raise StoreLockedError at once if it is taken."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / LOCK_FILE, "ab")  # noqa: SIM115 -- held for the whole block
-    except OSError as exc:
-        raise StoreError(f"cannot create store at {root}: {exc.strerror or exc}") from exc
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        handle.close()
-        raise StoreLockedError(f"store {root} is locked by another meter-batch run") from exc
+    """Hold the store's exclusive lock; raise StoreLockedError at once if it is taken.
+    A folder this call created stays only if the run made it a store (``store.json``):
+    a first run that fails early (a missing checkpoint, say) leaves nothing behind."""
+    created = not root.exists()
+    handle = _take_lock(root)
     try:
         yield handle
     finally:
+        if created:
+            _remove_if_never_a_store(root)  # still locked: no one else can be setting it up
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _take_lock(root: Path) -> BinaryIO:
+    for _ in range(3):
+        handle = _open_lock_file(root)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise StoreLockedError(f"store {root} is locked by another meter-batch run") from exc
+        if _is_current_lock_file(root, handle):
+            return handle
+        handle.close()  # a failed first run removed it meanwhile: lock the folder's new one
+    raise StoreLockedError(f"store {root} is being set up and removed by other runs")
+
+
+def _open_lock_file(root: Path) -> BinaryIO:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return open(root / LOCK_FILE, "ab")  # the caller holds it open while it holds the lock
+    except OSError as exc:
+        raise StoreError(f"cannot create store at {root}: {exc.strerror or exc}") from exc
+
+
+def _is_current_lock_file(root: Path, handle: BinaryIO) -> bool:
+    """A lock taken on a lock file that was unlinked meanwhile locks nothing."""
+    try:
+        return os.stat(root / LOCK_FILE).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _remove_if_never_a_store(root: Path) -> None:
+    try:
+        if not (root / STORE_FILE).exists() and os.listdir(root) == [LOCK_FILE]:
+            (root / LOCK_FILE).unlink()
+            root.rmdir()
+    except OSError:
+        pass  # the folder stays: harmless, the next run uses it
 
 
 def open_existing(root: Path, lock: BinaryIO) -> Store:

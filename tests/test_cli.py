@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from meter_batch import store as store_module
 from meter_batch.cli import build_parser, main
-from meter_batch.errors import EXIT_CODES
-from meter_batch.store import locked
+from meter_batch.errors import EXIT_CODES, StoreLockedError
+from meter_batch.store import LOCK_FILE, locked
 
 
 def encode_args(images: Path, store: Path, config: Path, pretrained: str = "none") -> list[str]:
@@ -84,6 +85,33 @@ def test_locked_store_exits_7(tmp_path, image_dir, configs, capsys):
     with locked(tmp_path / "s"):
         assert main(encode_args(images, tmp_path / "s", configs["vit"])) == 7
     assert "locked by another" in _one_error_line(capsys)
+
+
+def test_a_failed_first_run_leaves_no_store_folder(tmp_path, image_dir, configs, capsys):
+    images, _ = image_dir
+    args = encode_args(images, tmp_path / "new" / "s", configs["vit"], "/nowhere/model.pt")
+    assert main(args) == 4
+    assert "checkpoint file not found" in _one_error_line(capsys)
+    assert not (tmp_path / "new" / "s").exists()  # not a half store that verify calls no store
+    (tmp_path / "kept").mkdir()  # a folder the user made stays, with only the lock file
+    assert main(encode_args(images, tmp_path / "kept", configs["vit"], "/nowhere/model.pt")) == 4
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [LOCK_FILE]
+    assert main(encode_args(images, tmp_path / "new" / "s", configs["vit"])) == 0
+    assert (tmp_path / "new" / "s" / "store.json").is_file()  # a run that works keeps it
+
+
+def test_a_lock_on_a_removed_lock_file_is_taken_again(tmp_path, monkeypatch):
+    with locked(tmp_path / "s") as handle:
+        assert store_module._is_current_lock_file(tmp_path / "s", handle)
+        (tmp_path / "s" / LOCK_FILE).unlink()  # as a failed first run does before it unlocks
+        assert not store_module._is_current_lock_file(tmp_path / "s", handle)
+    answers = iter([False, True])  # the first file taken was removed meanwhile
+    monkeypatch.setattr(store_module, "_is_current_lock_file", lambda root, h: next(answers))
+    with locked(tmp_path / "t"):
+        assert next(answers, "used up") == "used up"  # asked twice: retaken once
+    monkeypatch.setattr(store_module, "_is_current_lock_file", lambda root, h: False)
+    with pytest.raises(StoreLockedError, match="being set up"), locked(tmp_path / "u"):
+        pass
 
 
 def test_unwritable_store_exits_5(tmp_path, image_dir, configs, capsys):
