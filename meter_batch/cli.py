@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -166,16 +167,29 @@ def _run_encode(args: argparse.Namespace) -> int:
 @contextmanager
 def _settings_named_as_flags() -> Iterator[None]:
     """EncodeConfig names its fields as a config file does (path_prefix); on the command
-    line the user typed a flag (--prefix): say that."""
-    flags = {"path_prefix": "--prefix", "model": "--model", "pretrained": "--pretrained"}
+    line the user typed a flag (--prefix): say that, also for the second setting of a pair
+    ("jpeg_decode 'device' and exact exclude each other")."""
     try:
         yield
     except ConfigError as exc:
         field, _, rest = str(exc).partition(" ")
-        if field not in flags and field not in {f.name for f in dataclasses.fields(EncodeConfig)}:
+        if _flag_of(field) is None:
             raise
-        flag = flags.get(field, "--" + field.replace("_", "-"))
-        raise ConfigError(f"{flag} {rest}") from exc
+        rest = re.sub(
+            r"\band (\w+)(?= exclude each other)",
+            lambda pair: f"and {_flag_of(pair[1]) or pair[1]}",
+            rest,
+        )
+        raise ConfigError(f"{_flag_of(field)} {rest}") from exc
+
+
+def _flag_of(field: str) -> str | None:
+    flags = {"path_prefix": "--prefix", "model": "--model", "pretrained": "--pretrained"}
+    if field in flags:
+        return flags[field]
+    if field in {f.name for f in dataclasses.fields(EncodeConfig)}:
+        return "--" + field.replace("_", "-")
+    return None
 
 
 def _encode_config(args: argparse.Namespace) -> EncodeConfig:

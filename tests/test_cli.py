@@ -131,6 +131,9 @@ def test_bad_setting_exits_2(tmp_path, image_dir, configs, capsys):
     args = [*encode_args(images, tmp_path / "s", configs["vit"]), "--prefix", "/abs"]
     assert main(args) == 2
     assert "--prefix must look like 'name/'" in _one_error_line(capsys)
+    args = [*encode_args(images, tmp_path / "s", configs["vit"]), "--exact"]
+    assert main([*args, "--jpeg-decode", "device"]) == 2
+    assert "--jpeg-decode 'device' and --exact exclude each other" in _one_error_line(capsys)
 
 
 def test_every_exit_code_is_in_the_help_and_readme():
