@@ -175,10 +175,11 @@ def _settings_named_as_flags() -> Iterator[None]:
         field, _, rest = str(exc).partition(" ")
         if _flag_of(field) is None:
             raise
-        rest = re.sub(
-            r"\band (\w+)(?= exclude each other)",
-            lambda pair: f"and {_flag_of(pair[1]) or pair[1]}",
+        rest = re.sub(  # only the pair's own words, never a value the user typed
+            r"^('[^']*' )?and (\w+)(?= exclude each other)",
+            lambda pair: f"{pair[1] or ''}and {_flag_of(pair[2]) or pair[2]}",
             rest,
+            count=1,
         )
         raise ConfigError(f"{_flag_of(field)} {rest}") from exc
 

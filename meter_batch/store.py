@@ -130,8 +130,7 @@ def locked(root: Path) -> Iterator[BinaryIO]:
     """Hold the store's exclusive lock; raise StoreLockedError at once if it is taken.
     A folder this call created stays only if the run made it a store (``store.json``):
     a first run that fails early (a missing checkpoint, say) leaves nothing behind."""
-    created = not root.exists()
-    handle = _take_lock(root)
+    handle, created = _take_lock(root)
     try:
         yield handle
     finally:
@@ -141,24 +140,33 @@ def locked(root: Path) -> Iterator[BinaryIO]:
         handle.close()
 
 
-def _take_lock(root: Path) -> BinaryIO:
+def _take_lock(root: Path) -> tuple[BinaryIO, bool]:
     for _ in range(3):
-        handle = _open_lock_file(root)
+        opened = _open_lock_file(root)
+        if opened is None:
+            continue  # the folder was removed between our mkdir and open: make it again
+        handle, created = opened
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             handle.close()
             raise StoreLockedError(f"store {root} is locked by another meter-batch run") from exc
         if _is_current_lock_file(root, handle):
-            return handle
+            return handle, created
         handle.close()  # a failed first run removed it meanwhile: lock the folder's new one
     raise StoreLockedError(f"store {root} is being set up and removed by other runs")
 
 
-def _open_lock_file(root: Path) -> BinaryIO:
+def _open_lock_file(root: Path) -> tuple[BinaryIO, bool] | None:
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        return open(root / LOCK_FILE, "ab")  # the caller holds it open while it holds the lock
+        try:
+            root.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            created = False
+        return open(root / LOCK_FILE, "ab"), created
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise StoreError(f"cannot create store at {root}: {exc.strerror or exc}") from exc
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,40 @@ def test_a_lock_on_a_removed_lock_file_is_taken_again(tmp_path, monkeypatch):
         pass
 
 
+def test_a_run_whose_new_folder_vanishes_before_it_opens_the_lock_makes_it_again(
+    tmp_path, monkeypatch
+):
+    root, between, first_done = tmp_path / "s", threading.Event(), threading.Event()
+    real_open = builtins.open
+
+    def open_when_the_first_is_done(path, *args, **kwargs):  # B, paused after its mkdir
+        if threading.current_thread().name == "B":
+            between.set()
+            first_done.wait(5)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "open", open_when_the_first_is_done, raising=False)
+    outcome: dict[str, object] = {}
+
+    def second_run() -> None:
+        try:
+            with locked(root):
+                outcome["locked"] = (root / LOCK_FILE).exists()
+        except Exception as exc:  # the bug: StoreError "cannot create store", exit 5
+            outcome["locked"] = exc
+
+    second = threading.Thread(target=second_run, name="B")
+    with pytest.raises(RuntimeError), locked(root):  # a first run that fails early
+        second.start()
+        assert between.wait(5)
+        raise RuntimeError("checkpoint file not found")
+    assert not root.exists()  # the failed first run removed the folder it made
+    first_done.set()
+    second.join(5)
+    assert outcome == {"locked": True}  # made the folder again and locked its lock file
+    assert not root.exists()  # and, never a store either, removed it as its own
+
+
 def test_unwritable_store_exits_5(tmp_path, image_dir, configs, capsys):
     images, _ = image_dir
     blocker = tmp_path / "file"
@@ -131,6 +167,9 @@ def test_bad_setting_exits_2(tmp_path, image_dir, configs, capsys):
     args = [*encode_args(images, tmp_path / "s", configs["vit"]), "--prefix", "/abs"]
     assert main(args) == 2
     assert "--prefix must look like 'name/'" in _one_error_line(capsys)
+    typed = "a and exact exclude each other"  # a value is shown as typed, never rewritten
+    assert main([*encode_args(images, tmp_path / "s", configs["vit"]), "--prefix", typed]) == 2
+    assert f"got '{typed}'" in _one_error_line(capsys)
     args = [*encode_args(images, tmp_path / "s", configs["vit"]), "--exact"]
     assert main([*args, "--jpeg-decode", "device"]) == 2
     assert "--jpeg-decode 'device' and --exact exclude each other" in _one_error_line(capsys)
