@@ -7,7 +7,7 @@
 # The 2026-11-27 runs (BENCHMARKS.md) took, on one H100, device call included:
 #   --variants then --start 3, 10,000 per size: ~6 min;  --per-size 40000 --only 3: ~4 min.
 # Open question for a next GPU session: does --compile pay on long RN50 runs (GPU path)?
-#   SKIP_EXTRAS=1 PER_SIZE=40000 bash benchmarks/gpu.sh --start 4 --only 5   # compiled, ~3 min
+#   SKIP_EXTRAS=1 PER_SIZE=40000 bash benchmarks/gpu.sh --start 4 --only 1   # compiled, ~3 min
 #   SKIP_EXTRAS=1 PER_SIZE=40000 bash benchmarks/gpu.sh --only 1   # same machine: uncompiled
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

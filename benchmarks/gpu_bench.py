@@ -221,8 +221,8 @@ def main() -> None:
     parser.add_argument(
         "--sweep", action="store_true", help="batch sizes and worker counts instead (fast path)"
     )
-    parser.add_argument("--only", type=int, help="run only the first N configurations")
     parser.add_argument("--start", type=int, default=0, help="skip the first N configurations")
+    parser.add_argument("--only", type=int, help="then run only N configurations")
     parser.add_argument("--variants", action="store_true", help="GPU-decode experiments instead")
     parser.add_argument("--digest", action="store_true", help="print source_sha256 and stop")
     parser.add_argument("--resize", action="store_true", help="print resize_timings and stop")
@@ -258,6 +258,10 @@ def machine(generated_per_s: float, images: int) -> dict:
     }
 
 
+def _selected(plan: list, start: int, count: int | None) -> list:
+    return plan[start:] if count is None else plan[start : start + count]
+
+
 def run_plan(images: Path, args: argparse.Namespace, results: list[dict]) -> None:
     cores = min(os.cpu_count() or 1, 16)
     plan = [(m, cores, 256, "auto", False) for m in ("RN50", "ViT-B-32", "ViT-B-32")]
@@ -270,7 +274,7 @@ def run_plan(images: Path, args: argparse.Namespace, results: list[dict]) -> Non
             ("ViT-B-32", cores, 512, "workers", False),
         ]
     name = "bench-gpu-sweep.json" if args.sweep else "bench-gpu.json"
-    for model, workers, batch, jpeg_decode, compile_it in plan[args.start : args.only]:
+    for model, workers, batch, jpeg_decode, compile_it in _selected(plan, args.start, args.only):
         if model == "check":  # every 640x480 file, and one folder of the large ones
             found = [
                 consistency(folder, args.work, "ViT-B-32", args.device)

@@ -320,7 +320,6 @@ def bench_encode(
         summary.encoded, summary.decoder_seconds.get("device_decode")
     )
     result.update(_bound(result))
-    result.update(_after_start(result, summary.pipeline_seconds))
     result["peak_rss_mib"] = peak_rss_mib()
     shutil.rmtree(folder / "store", ignore_errors=True)
     return result
@@ -363,20 +362,6 @@ def _bound(result: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def _after_start(result: dict[str, Any], pipeline_seconds: float) -> dict[str, Any]:
-    """e2e without the run's one-off start (model to the device and warm, workers up,
-    first batch decoded): the rate a long run approaches. Not the goal's figure (c); it
-    says how much of a short benchmark's gap to the bound is fixed cost, not throughput."""
-    seconds = pipeline_seconds - result["e2e_stage_seconds"].get("start", 0.0)
-    if seconds <= 0:
-        return {}
-    rate = result["images"] / seconds
-    return {
-        "e2e_after_start_per_s": round(rate, 1),
-        "ratio_after_start": round(rate / result["bound_per_s"], 3),
-    }
-
-
 def _harmonic(first: float, second: float) -> float:
     """The rate of two stages that take turns on one resource."""
     return 1 / (1 / first + 1 / second)
@@ -400,7 +385,6 @@ def format_encode_table(r: dict[str, Any]) -> str:
         ("bound", f"{r['bound_per_s']:,.1f} = {r['bound']}"),
         ("ratio e2e / bound", f"{r['ratio']:.3f}{_above_bound_note(r['ratio'])}"),
         *_separate_ratio_row(r),
-        *_after_start_row(r),
         ("e2e main thread, seconds", _stages(r["e2e_stage_seconds"])),
         *_decoder_thread_row(r),
         ("peak RSS MiB", f"{r['peak_rss_mib']:,.1f}"),
@@ -432,13 +416,6 @@ def _separate_ratio_row(r: dict[str, Any]) -> list[tuple[str, str]]:
     if "ratio_to_min_decode_model" not in r or r["bound"].startswith("min(decode, model)"):
         return []
     return [("ratio e2e / min(a, b)", f"{r['ratio_to_min_decode_model']:.3f}")]
-
-
-def _after_start_row(r: dict[str, Any]) -> list[tuple[str, str]]:
-    if "e2e_after_start_per_s" not in r:
-        return []
-    rate, ratio = r["e2e_after_start_per_s"], r["ratio_after_start"]
-    return [("(c) after start-up img/s", f"{rate:,.1f} (ratio {ratio:.3f}; start-up left out)")]
 
 
 def _decoder_thread_row(r: dict[str, Any]) -> list[tuple[str, str]]:

@@ -38,11 +38,6 @@ def test_bench_encode_prints_a_table_whose_figures_agree(tmp_path, configs, caps
     assert re.search(rf"\nratio e2e / bound +{r['ratio']:.3f}( +\(above 1: .*\))?\n", table)
     assert re.search(rf"\n\(c\) end-to-end img/s +{r['e2e_per_s']:,.1f} \(6 images\)\n", table)
     assert not (tmp_path / "bench" / "store").exists()  # the store is scratch
-    seconds = r["images"] / r["e2e_per_s"] - r["e2e_stage_seconds"]["start"]
-    assert r["e2e_after_start_per_s"] == pytest.approx(r["images"] / seconds, rel=0.02)
-    assert r["e2e_after_start_per_s"] > r["e2e_per_s"]  # the start-up took some time
-    after = rf"\n\(c\) after start-up img/s +{r['e2e_after_start_per_s']:,.1f} \(ratio "
-    assert re.search(after, table)
 
 
 def test_bench_encode_generates_one_folder_per_count(tmp_path, configs, capsys):
@@ -101,14 +96,6 @@ def test_bench_encode_on_the_workers_path_has_no_device_decode_figures(tmp_path,
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["device_decode_per_s"] is None and r["e2e_device_decode_per_s"] is None
     assert r["e2e_decoder_seconds"] == {}
-
-
-def test_the_after_start_rate_leaves_out_only_the_start():
-    measured = {"images": 1000, "bound_per_s": 400.0,
-                "e2e_stage_seconds": {"start": 0.5, "model": 1.5, "writes": 1.0}}  # fmt: skip
-    assert bench._after_start(measured, 3.0) == {  # 1000 images in 3.0 - 0.5 s
-        "e2e_after_start_per_s": 400.0, "ratio_after_start": 1.0}  # fmt: skip
-    assert bench._after_start(measured, 0.5) == {}  # nothing after the start: no figure
 
 
 def test_a_ratio_well_above_one_says_the_measurement_was_disturbed():
