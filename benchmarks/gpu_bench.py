@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meter_batch.bench import bench_encode, format_encode_table
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.pipeline import encode
-from meter_batch.samples import sample_image
-from meter_batch.views import run_query
+from meter_batch.ingest.encode_run import encode
+from meter_batch.store.catalog import run_query
+from meter_batch.tools.bench import bench_encode, format_encode_table
+from meter_batch.tools.samples import sample_image
 
 
 def _shard(args: tuple[str, int, int, int, int]) -> int:
@@ -114,7 +114,7 @@ def variant(name: str) -> Iterator[None]:
     resizes whole frames, then crops (as before the cropped resize), to measure what the
     cropped resize gives end to end on the same machine. (Earlier variants, measured and
     not kept: the decoder's stream at the highest priority, the resize in float16.)"""
-    from meter_batch import gpu_decode
+    from meter_batch.ingest import gpu_decode
 
     cls = gpu_decode.DeviceJpegDecoder
     saved = cls.resize_crop
@@ -164,8 +164,8 @@ def resize_timings(device: str, rounds: int = 5) -> dict:
     """The GPU decoder's resize + crop (only the input the crop keeps) against torchvision's
     resize of the whole frame then center crop, on GROUP frames of each size on ``device``:
     ms per call and how far apart the pixels are."""
-    from meter_batch import gpu_decode
-    from meter_batch.decode import DecodeOptions
+    from meter_batch.ingest import gpu_decode
+    from meter_batch.ingest.decode import DecodeOptions
 
     target = torch.device(device)
     decoder = gpu_decode.DeviceJpegDecoder(target, 224, DecodeOptions(None, 10**8))

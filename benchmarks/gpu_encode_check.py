@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.pipeline import encode
-from meter_batch.samples import write_sample_images
-from meter_batch.store import open_store
+from meter_batch.ingest.encode_run import encode
+from meter_batch.store.commit import open_store
+from meter_batch.tools.samples import write_sample_images
 
 RESULTS: list[dict] = []
 
@@ -98,8 +98,8 @@ def fidelity(images: Path, work: Path, model: str) -> None:
 
 
 def model_capacity(model_name: str, batch: int) -> float:
-    from meter_batch.encode import ImageEncoder, plan_device
-    from meter_batch.model import load_model
+    from meter_batch.model.encoder import ImageEncoder, plan_device
+    from meter_batch.model.loading import load_model
 
     loaded = load_model(ModelSpec(model_name, "none"))
     stage_mean, stage_std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)

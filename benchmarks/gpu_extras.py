@@ -26,7 +26,7 @@ import torchvision
 from PIL import Image
 
 from meter_batch.config import ModelSpec
-from meter_batch.model import load_model
+from meter_batch.model.loading import load_model
 
 DEVICE = "cuda"
 
@@ -154,7 +154,7 @@ def caption_table(folder: Path, rows: int) -> Path:
 
 
 def finetune_on_cuda(work: Path) -> dict[str, Any]:
-    from meter_batch.finetune import FinetuneOptions, finetune
+    from meter_batch.tools.finetune import FinetuneOptions, finetune
 
     table = caption_table(work / "captions", 96)
     config = {

@@ -10,12 +10,13 @@ import pyarrow as pa
 
 from meter_batch.config import EncodeConfig, ModelSpec, default_workers
 from meter_batch.errors import ConfigError
-from meter_batch.pipeline import ClassifySummary, RunSummary
-from meter_batch.pipeline import classify as _classify
-from meter_batch.pipeline import encode as _encode
-from meter_batch.search import Hit
-from meter_batch.search import search as _search
-from meter_batch.views import run_query
+from meter_batch.ingest.encode_run import RunSummary
+from meter_batch.ingest.encode_run import encode as _encode
+from meter_batch.labels.classify_run import ClassifySummary
+from meter_batch.labels.classify_run import classify as _classify
+from meter_batch.labels.search import Hit
+from meter_batch.labels.search import search as _search
+from meter_batch.store.catalog import run_query
 
 
 def encode(

@@ -155,7 +155,7 @@ def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _run_encode(args: argparse.Namespace) -> int:
-    from meter_batch.pipeline import encode
+    from meter_batch.ingest.encode_run import encode
 
     with _settings_named_as_flags():
         config = _encode_config(args)
@@ -235,7 +235,7 @@ def _add_classify(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from meter_batch.pipeline import classify
+    from meter_batch.labels.classify_run import classify
 
     quiet = False if args.quiet else None  # -q: no progress bar
     summary = classify(args.store, args.labels, _model_override(args), interactive=quiet)
@@ -259,7 +259,7 @@ def _add_search(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from meter_batch.search import search
+    from meter_batch.labels.search import search
 
     hits = search(args.store, args.text, args.image, args.k, _model_override(args))
     if args.format == "json":
@@ -293,7 +293,7 @@ def _add_query(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_query(args: argparse.Namespace) -> int:
-    from meter_batch.views import named_queries, run_query
+    from meter_batch.store.catalog import named_queries, run_query
 
     queries = named_queries()
     if args.list:
@@ -385,8 +385,8 @@ def _add_verify(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from meter_batch.store import STORE_FILE
-    from meter_batch.verify import verify
+    from meter_batch.store.commit import STORE_FILE
+    from meter_batch.store.verify import verify
 
     if not (args.store / STORE_FILE).is_file():  # exit 5, as for every other command
         raise StoreError(f"{args.store} is not a meter-batch store (no {STORE_FILE})")
@@ -408,7 +408,7 @@ def _add_rebuild_index(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _run_rebuild_index(args: argparse.Namespace) -> int:
-    from meter_batch.pipeline import rebuild_index
+    from meter_batch.store.rebuild_index import rebuild_index
 
     print(json.dumps({"store": str(args.store), "indexed": rebuild_index(args.store)}))
     return 0
@@ -426,7 +426,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    from meter_batch.job import run_job
+    from meter_batch.jobs import run_job
 
     return run_job(args.job)
 
@@ -449,7 +449,7 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from meter_batch.demo import HELD_OUT_SEED, run_demo
+    from meter_batch.tools.demo import HELD_OUT_SEED, run_demo
 
     if args.count < 3:
         raise ConfigError("--count must be >= 3 (one image of each meter type)")
@@ -491,7 +491,7 @@ def _add_synth(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from meter_batch.synthetic import write_synthetic_set
+    from meter_batch.tools.synthetic import write_synthetic_set
 
     if args.count < 1 or args.captions_per_image < 1:
         raise ConfigError("--count and --captions-per-image must be >= 1")
@@ -555,7 +555,7 @@ def _add_finetune(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from meter_batch.finetune import FinetuneOptions, finetune
+    from meter_batch.tools.finetune import FinetuneOptions, finetune
 
     result = finetune(
         FinetuneOptions(
@@ -650,14 +650,14 @@ def _bench_settings(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _bench_encode(*args: Any) -> dict[str, Any]:
-    from meter_batch.bench import bench_encode
+    from meter_batch.tools.bench import bench_encode
 
     with _settings_named_as_flags():  # its EncodeConfig is built from bench's own flags
         return bench_encode(*args)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from meter_batch.bench import (
+    from meter_batch.tools.bench import (
         bench_classify,
         bench_rescan,
         format_classify_table,

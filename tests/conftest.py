@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from meter_batch.samples import sample_image
+from meter_batch.tools.samples import sample_image
 
 TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from meter_batch.store import open_store
+from meter_batch.store.commit import open_store
 
 
 def read_parts(store_root: Path, kind: str) -> pa.Table:

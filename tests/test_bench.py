@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from meter_batch import bench
 from meter_batch.cli import main
-from meter_batch.pipeline import DECODER_STAGES, STAGES
+from meter_batch.ingest.encode_loop import DECODER_STAGES, STAGES
+from meter_batch.tools import bench
 
 
 @pytest.fixture(autouse=True)

@@ -16,10 +16,11 @@ from PIL import Image
 
 from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.errors import ConfigError
-from meter_batch.labels import load_label_set
-from meter_batch.pipeline import classify, encode
-from meter_batch.store import open_store
-from meter_batch.views import run_query
+from meter_batch.ingest.encode_run import encode
+from meter_batch.labels.classify_run import classify
+from meter_batch.labels.label_sets import load_label_set
+from meter_batch.store.catalog import run_query
+from meter_batch.store.commit import open_store
 
 PROMPTS = {
     "digital": "デジタルメーター(7セグ)",

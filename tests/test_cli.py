@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from meter_batch import store as store_module
 from meter_batch.cli import build_parser, main
 from meter_batch.errors import EXIT_CODES, StoreLockedError
-from meter_batch.store import LOCK_FILE, locked
+from meter_batch.store import commit as store_module
+from meter_batch.store.commit import LOCK_FILE, locked
 
 
 def encode_args(images: Path, store: Path, config: Path, pretrained: str = "none") -> list[str]:
@@ -75,7 +75,7 @@ def test_other_seed_is_another_model(tmp_path, image_dir, configs, capsys):
     assert main(encode_args(images, store, configs["vit"])) == 0
     from meter_batch.config import EncodeConfig, ModelSpec
     from meter_batch.errors import ModelMismatchError
-    from meter_batch.pipeline import encode
+    from meter_batch.ingest.encode_run import encode
 
     spec = ModelSpec(str(configs["vit"]), "none", seed=1)
     with pytest.raises(ModelMismatchError, match="seed"):
@@ -262,7 +262,7 @@ def test_a_job_run_from_python_prints_no_info_lines(tmp_path, configs):
         f'pretrained = "none"\n[encode]\nworkers = 0\n[[roots]]\npath = "a"\n'
     )
     (images / "x.png").write_bytes((Path(__file__).parent / "conftest.py").read_bytes()[:10])
-    code = f"from meter_batch.job import run_job; run_job(__import__('pathlib').Path({str(job)!r}))"
+    code = f"import pathlib, meter_batch.jobs as j; j.run_job(pathlib.Path({str(job)!r}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "scanning" not in done.stderr and "job" not in done.stderr, done.stderr
     log = (tmp_path / "job.log").read_text()

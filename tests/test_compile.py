@@ -13,9 +13,9 @@ import torch
 
 from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.errors import ConfigError
-from meter_batch.pipeline import encode
-from meter_batch.store import open_store
-from meter_batch.views import run_query
+from meter_batch.ingest.encode_run import encode
+from meter_batch.store.catalog import run_query
+from meter_batch.store.commit import open_store
 
 
 def _encode(images: Path, store: Path, model: Path, batch: int = 2, **kw):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from meter_batch.cli import main
-from meter_batch.demo import MODEL_DIR, MODEL_WEIGHTS, run_demo
+from meter_batch.tools.demo import MODEL_DIR, MODEL_WEIGHTS, run_demo
 
 # A little below what `meter-batch demo` measured on 600 held-out images (README: 99.5 %,
 # 99.5 %, 99.2 %): the first 60 of them are a noisier sample, and a retrained checkpoint

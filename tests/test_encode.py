@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.index import index_ids, load_index, search
-from meter_batch.pipeline import encode
-from meter_batch.store import open_store
+from meter_batch.ingest.encode_run import encode
+from meter_batch.store.commit import open_store
+from meter_batch.store.index import index_ids, load_index, search
 from tests.conftest import reference_embeddings
 from tests.helpers import embeddings_of, read_parts
 

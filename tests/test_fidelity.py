@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.decode import split_preprocess
-from meter_batch.model import load_model
-from meter_batch.pipeline import encode
-from meter_batch.store import open_store
-from meter_batch.views import run_query
+from meter_batch.ingest.decode import split_preprocess
+from meter_batch.ingest.encode_run import encode
+from meter_batch.model.loading import load_model
+from meter_batch.store.catalog import run_query
+from meter_batch.store.commit import open_store
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
 
@@ -50,7 +50,7 @@ def _embeddings(images, store, exact, jpeg_decode="auto"):  # type: ignore[no-un
 
 
 def _pixels_differ(path) -> bool:  # type: ignore[no-untyped-def]
-    from meter_batch.decode import DecodeOptions, decode_file
+    from meter_batch.ingest.decode import DecodeOptions, decode_file
 
     stage = split_preprocess(load_model(ModelSpec("RN50", "none")).reference_preprocess)
     exact = decode_file(bytes(path), 0, DecodeOptions(stage.transform, 10**9))
@@ -94,8 +94,8 @@ def _device_pixel_difference(path, stage):  # type: ignore[no-untyped-def]
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-    from meter_batch.decode import DecodeOptions, decode_file
-    from meter_batch.gpu_decode import DeviceJpegDecoder
+    from meter_batch.ingest.decode import DecodeOptions, decode_file
+    from meter_batch.ingest.gpu_decode import DeviceJpegDecoder
 
     reference = decode_file(bytes(path), 0, DecodeOptions(stage.transform, 10**9)).pixels
     decoder = DeviceJpegDecoder(torch.device("cpu"), stage.short_side, DecodeOptions(None, 10**9))

@@ -12,8 +12,8 @@ from PIL import Image
 from meter_batch.cli import main
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ConfigError, InputError
-from meter_batch.finetune import FinetuneOptions, finetune
-from meter_batch.model import load_model
+from meter_batch.model.loading import load_model
+from meter_batch.tools.finetune import FinetuneOptions, finetune
 
 pytest.importorskip("open_clip_train.main", reason="needs the training extra")
 
@@ -88,7 +88,7 @@ def test_finetune_cli_reports_missing_images_and_columns(
 
 
 def test_caption_tables_from_spreadsheets_are_read_as_written(tmp_path: Path) -> None:
-    from meter_batch.finetune import write_training_table
+    from meter_batch.tools.finetune import write_training_table
 
     (tmp_path / "a.png").write_bytes((Path(__file__).parent / "conftest.py").read_bytes())
     Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
@@ -107,7 +107,7 @@ def test_caption_tables_from_spreadsheets_are_read_as_written(tmp_path: Path) ->
 
 
 def test_tags_with_their_own_preprocessing_are_refused() -> None:
-    from meter_batch.finetune import _check_default_preprocessing
+    from meter_batch.tools.finetune import _check_default_preprocessing
 
     _check_default_preprocessing((("interpolation", "bicubic"),), "openai")  # defaults: fine
     with pytest.raises(ConfigError, match="own preprocessing \\(mean, resize_mode\\)"):

@@ -12,15 +12,15 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from meter_batch import gpu_decode, pipeline
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.decode import Decoded, DecodeOptions, ImageFiles, collate_decoded
 from meter_batch.errors import ConfigError
-from meter_batch.pipeline import encode
-from meter_batch.scan import collect_work
-from meter_batch.store import open_store
-from meter_batch.views import run_query
-from meter_batch.workers import isolated_decode
+from meter_batch.ingest import encode_loop, gpu_decode
+from meter_batch.ingest.decode import Decoded, DecodeOptions, ImageFiles, collate_decoded
+from meter_batch.ingest.encode_run import encode
+from meter_batch.ingest.scan import collect_work
+from meter_batch.ingest.workers import isolated_decode
+from meter_batch.store.catalog import run_query
+from meter_batch.store.commit import open_store
 from tests.conftest import make_images
 from tests.test_odd_files import arrow_picture
 
@@ -81,13 +81,13 @@ def test_files_the_device_decoder_rejects_are_decoded_on_the_cpu(
 
     monkeypatch.setattr(gpu_decode.DeviceJpegDecoder, "_decode", picky)
     fallbacks: list[int] = []
-    real_isolated = pipeline.isolated_decode
+    real_isolated = encode_loop.isolated_decode
 
     def counted_isolated(dataset, position, timeout):  # type: ignore[no-untyped-def]
         fallbacks.append(position)
         return real_isolated(dataset, position, timeout)
 
-    monkeypatch.setattr(pipeline, "isolated_decode", counted_isolated)
+    monkeypatch.setattr(encode_loop, "isolated_decode", counted_isolated)
     summary = _encode(jpeg_dir, tmp_path / "dev", configs["vit"], workers=0, jpeg_decode="device")
     reference = _encode(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0)
     assert summary.encoded == reference.encoded == 15 and summary.failed == 0
@@ -227,14 +227,14 @@ def test_a_batch_ships_its_jpeg_bytes_as_one_tensor(jpeg_dir):
 
 def test_the_summary_says_where_the_main_thread_spent_its_time(tmp_path, jpeg_dir, configs):
     summary = _encode(jpeg_dir, tmp_path / "s", configs["vit"], workers=0, jpeg_decode="device")
-    assert list(summary.stage_seconds) == list(pipeline.STAGES)
+    assert list(summary.stage_seconds) == list(encode_loop.STAGES)
     assert all(value >= 0 for value in summary.stage_seconds.values())
     assert summary.stage_seconds["model"] > 0 and summary.stage_seconds["writes"] > 0
     # together they are the loop's time: nothing counted twice, nothing much left out
     assert summary.pipeline_seconds - 0.1 <= sum(summary.stage_seconds.values())
     assert sum(summary.stage_seconds.values()) <= summary.pipeline_seconds + 0.01
     # the decoder thread's own clock: it decoded, and that fits inside the loop's time
-    assert list(summary.decoder_seconds) == list(pipeline.DECODER_STAGES)
+    assert list(summary.decoder_seconds) == list(encode_loop.DECODER_STAGES)
     assert 0 < summary.decoder_seconds["device_decode"] <= summary.pipeline_seconds
     workers = _encode(jpeg_dir, tmp_path / "w", configs["vit"], workers=0, jpeg_decode="workers")
     assert workers.decoder_seconds == {}  # no decoder thread when the workers decode
@@ -255,10 +255,10 @@ def test_an_isolated_decode_ships_a_plain_jpegs_bytes_back(jpeg_dir):
 
 
 def test_a_misspelt_stage_is_an_error_not_a_lost_figure():
-    report = pipeline.LoopReport()
+    report = encode_loop.LoopReport()
     with pytest.raises(ValueError, match="no stage 'modle'"), report.timing("modle"):
         pass
     with report.timing("waiting_for_model"):
         pass
     assert list(report.decoder_seconds) == ["waiting_for_model"]
-    assert list(report.seconds) == list(pipeline.STAGES)
+    assert list(report.seconds) == list(encode_loop.STAGES)

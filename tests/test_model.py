@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ModelError
-from meter_batch.model import load_model
+from meter_batch.model.loading import load_model
 
 
 class Innocent:

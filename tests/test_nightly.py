@@ -20,13 +20,14 @@ from PIL import Image
 from meter_batch.cli import main
 from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.errors import ConfigError, InputError, StoreError
-from meter_batch.index import index_ids, load_index
-from meter_batch.job import run_job
-from meter_batch.pipeline import encode, rebuild_index
-from meter_batch.samples import sample_image
-from meter_batch.store import open_store
-from meter_batch.verify import verify
-from meter_batch.views import run_query
+from meter_batch.ingest.encode_run import encode
+from meter_batch.jobs import run_job
+from meter_batch.store.catalog import run_query
+from meter_batch.store.commit import open_store
+from meter_batch.store.index import index_ids, load_index
+from meter_batch.store.rebuild_index import rebuild_index
+from meter_batch.store.verify import verify
+from meter_batch.tools.samples import sample_image
 from tests.conftest import make_images
 
 
@@ -147,7 +148,7 @@ def test_disk_full_fails_loudly_and_keeps_the_last_commit(
     def full(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("meter_batch.store.pq.write_table", full)
+    monkeypatch.setattr("meter_batch.store.commit.pq.write_table", full)
     with pytest.raises(StoreError, match="disk full"):
         encode(config(images, store, configs["vit"]), False)
     assert open_store(store).manifest == manifest_before
@@ -163,7 +164,7 @@ def test_disk_full_through_the_cli_is_exit_5(tmp_path, image_dir, configs, monke
     def full(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("meter_batch.store.pq.write_table", full)
+    monkeypatch.setattr("meter_batch.store.commit.pq.write_table", full)
     args = ["encode", str(images), "--store", str(tmp_path / "s"), "--model",
             str(configs["vit"]), "--pretrained", "none", "--workers", "0"]  # fmt: skip
     assert main(["-q", *args]) == 5

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from meter_batch import decode
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.decode import Decoded, _read_stable, classify_decode_error, split_preprocess
-from meter_batch.model import load_model
-from meter_batch.pipeline import encode
-from meter_batch.pixels import BACKGROUND, normalize_image
-from meter_batch.views import run_query
+from meter_batch.ingest import decode
+from meter_batch.ingest.decode import Decoded, _read_stable, classify_decode_error, split_preprocess
+from meter_batch.ingest.encode_run import encode
+from meter_batch.ingest.pixels import BACKGROUND, normalize_image
+from meter_batch.model.loading import load_model
+from meter_batch.store.catalog import run_query
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -264,7 +264,7 @@ def test_a_file_changing_while_read_is_unstable(tmp_path, monkeypatch):
 
 def test_vanished_and_unreadable_files_are_failures(tmp_path, image_dir, configs, monkeypatch):
     images, relpaths = image_dir
-    import meter_batch.pipeline as pipeline
+    import meter_batch.ingest.encode_run as pipeline
 
     real_collect = pipeline.collect_work
 

@@ -9,7 +9,7 @@ import pytest
 
 from meter_batch.config import EncodeConfig, ModelSpec, from_mapping
 from meter_batch.errors import ConfigError
-from meter_batch.scan import ScanFailure, ScannedFile, collect_work, scan_images
+from meter_batch.ingest.scan import ScanFailure, ScannedFile, collect_work, scan_images
 
 
 def _touch(root: Path, relative: str, content: bytes = b"x") -> None:

@@ -11,12 +11,13 @@ import pytest
 from meter_batch.cli import main
 from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.errors import ConfigError
-from meter_batch.labels import encode_texts
-from meter_batch.model import load_model
-from meter_batch.pipeline import classify, encode
-from meter_batch.search import search
-from meter_batch.store import open_store
-from meter_batch.views import catalog_is_current, run_query
+from meter_batch.ingest.encode_run import encode
+from meter_batch.labels.classify_run import classify
+from meter_batch.labels.search import search
+from meter_batch.model.encoder import encode_texts
+from meter_batch.model.loading import load_model
+from meter_batch.store.catalog import catalog_is_current, run_query
+from meter_batch.store.commit import open_store
 from tests.test_classify import labels_toml
 
 

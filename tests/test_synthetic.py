@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meter_batch.synthetic import (
+from meter_batch.tools.synthetic import (
     DISPLAYS,
     HELD_OUT_PHRASES,
     HOUSING_COLOURS,

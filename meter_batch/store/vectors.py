@@ -10,11 +10,8 @@ alone, and it is derived data: `write_vectors` can recreate it from the Parquet 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -73,49 +70,3 @@ def _as_matrix(column: pa.FixedSizeBinaryArray, dim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.float16, count=len(column) * dim, offset=offset).reshape(
         -1, dim
     )
-
-
-_DONE = object()
-
-
-T = TypeVar("T")
-
-
-def prefetch(source: Iterator[T], depth: int = 4) -> Iterator[T]:
-    """Run ``source`` on a thread, ``depth`` items ahead: file reads (which release the
-    GIL) overlap the consumer's arithmetic; encode uses it for GPU JPEG decoding too.
-    Errors re-raise in the consumer."""
-    slots: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def offer(item: object) -> bool:
-        """Put unless the consumer has gone: never block forever on a full queue."""
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in source:
-                if not offer(item):
-                    return
-            offer(_DONE)
-        except BaseException as exc:  # handed to the consumer, raised there
-            offer(exc)
-
-    reader = threading.Thread(target=produce, name="vectors-prefetch", daemon=True)
-    reader.start()
-    try:
-        while (item := slots.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        # The reader may be inside a slow next() (a hung decoder waits for its watchdog):
-        # a consumer that stops early (an error, Ctrl-C) must not wait for it; it is a daemon.
-        reader.join(timeout=2.0)

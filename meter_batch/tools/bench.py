@@ -24,11 +24,19 @@ import pyarrow.ipc as ipc
 import torch
 
 from meter_batch.errors import InputError
-from meter_batch.model import ModelIdentity
-from meter_batch.score import Scorer, ScoreSettings, score_files
-from meter_batch.store import Store, commit, locked, next_manifest, open_for_write, open_store
-from meter_batch.vectors import BATCH_ROWS
-from meter_batch.write import ImageRows, PredictionWriter, RunWriter
+from meter_batch.labels.predictions import PredictionWriter
+from meter_batch.labels.scoring import Scorer, ScoreSettings, score_files
+from meter_batch.model.identity import ModelIdentity
+from meter_batch.store.commit import (
+    Store,
+    commit,
+    locked,
+    next_manifest,
+    open_for_write,
+    open_store,
+)
+from meter_batch.store.vectors import BATCH_ROWS
+from meter_batch.store.write import ImageRows, RunWriter
 
 _WRITE_BATCH = 65_536
 MODEL_SECONDS = {True: 5.0, False: 10.0}  # how long model capacity is timed: GPU, CPU
@@ -146,7 +154,7 @@ def bench_classify(sizes: list[int], dim: int, labels: int, folder: Path) -> lis
         build_synthetic_store(root, rows, dim)
         build_s = time.perf_counter() - started
         child = subprocess.run(
-            [sys.executable, "-m", "meter_batch.bench", str(root), str(labels)],
+            [sys.executable, "-m", "meter_batch.tools.bench", str(root), str(labels)],
             capture_output=True,
             text=True,
             check=True,
@@ -203,7 +211,7 @@ def bench_rescan(files: int, folder: Path) -> dict[str, Any]:
 
 
 def _no_change(config: Any) -> None:
-    from meter_batch.pipeline import encode
+    from meter_batch.ingest.encode_run import encode
 
     summary = encode(config, interactive=False)
     if summary.encoded or summary.commits or summary.deleted:
@@ -243,8 +251,8 @@ def _write_tree(images: Path, files: int, per_folder: int = 100) -> None:
 
 def _store_for_tree(images: Path, root: Path) -> None:
     """A committed store whose rows match the tree's stat: as after a real first run."""
-    from meter_batch.scan import collect_work
-    from meter_batch.views import refresh_catalog
+    from meter_batch.ingest.scan import collect_work
+    from meter_batch.store.catalog import refresh_catalog
 
     work = collect_work(images)
     dim = 16
@@ -305,7 +313,7 @@ def bench_encode(
         compile=compile,
     )
     result = _capacities(config)
-    from meter_batch.pipeline import encode
+    from meter_batch.ingest.encode_run import encode
 
     summary = encode(config, interactive=False)
     if not summary.encoded or not result["decode_per_s"]:
@@ -435,11 +443,11 @@ def _stages(seconds: dict[str, float]) -> str:
 
 
 def _capacities(config: Any) -> dict[str, Any]:
-    from meter_batch.decode import split_preprocess
-    from meter_batch.encode import ImageEncoder, plan_device
-    from meter_batch.model import load_model
-    from meter_batch.pipeline import decode_options
-    from meter_batch.scan import collect_work
+    from meter_batch.ingest.decode import split_preprocess
+    from meter_batch.ingest.encode_loop import decode_options
+    from meter_batch.ingest.scan import collect_work
+    from meter_batch.model.encoder import ImageEncoder, plan_device
+    from meter_batch.model.loading import load_model
 
     loaded = load_model(config.model)
     stage = split_preprocess(loaded.reference_preprocess)
@@ -472,9 +480,9 @@ def _capacities(config: Any) -> dict[str, Any]:
 def _decode_capacity(config: Any, work: Any, how: tuple[Any, Any, Any]) -> tuple[int, float, float]:
     """Images decoded by the workers (and the GPU JPEG decoder when it is on), all the
     seconds that took, and the seconds inside the device decoder (nvjpeg + resize)."""
-    from meter_batch.decode import ImageFiles
-    from meter_batch.gpu_decode import DeviceJpegDecoder
-    from meter_batch.workers import LoaderSettings, decoded_batches
+    from meter_batch.ingest.decode import ImageFiles
+    from meter_batch.ingest.gpu_decode import DeviceJpegDecoder
+    from meter_batch.ingest.workers import LoaderSettings, decoded_batches
 
     stage, options, device = how
     dataset = ImageFiles(os.fsencode(config.images_dir.resolve()), work, options)
@@ -529,7 +537,7 @@ def write_bench_images(folder: Path, count: int) -> None:
     """Half 640x480, half 1920x1080; 4 in 5 JPEG, 1 in 5 PNG (deterministic)."""
     import random
 
-    from meter_batch.samples import sample_image
+    from meter_batch.tools.samples import sample_image
 
     rng = random.Random(7)
     for number in range(count):

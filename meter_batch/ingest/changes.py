@@ -22,10 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meter_batch.errors import InputError
-from meter_batch.scan import WorkList
-from meter_batch.schema import CONTENT_HASH_BYTES
-from meter_batch.store import Store
-from meter_batch.write import embedding_matrix
+from meter_batch.ingest.scan import WorkList
+from meter_batch.store.commit import Store
+from meter_batch.store.read import tombstoned_ids
+from meter_batch.store.schema import CONTENT_HASH_BYTES
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,6 @@ class Plan:
         return not (
             self.encode or self.touched or self.deleted or self.cleared or self.new_scan_failures
         )
-
-
-def tombstoned_ids(store: Store) -> set[int]:
-    ids: set[int] = set()
-    for path in store.live_paths("tombstones"):
-        column = pq.read_table(path, columns=["image_id"]).column("image_id")
-        ids.update(i for i in column.to_pylist() if i is not None)
-    return ids
 
 
 @dataclass(frozen=True)
@@ -272,19 +264,3 @@ def _cleared(work: WorkList, failures: dict[bytes, Standing]) -> list[bytes]:
             continue
         over.append(relpath)  # a folder that reads again, or a failed file that is gone
     return sorted(over)
-
-
-def fetch_rows(store: Store, ids: list[int]) -> dict[int, dict[str, object]]:
-    """width, height and embedding of stored rows, by image_id (for touched files)."""
-    if not ids:
-        return {}
-    found: dict[int, dict[str, object]] = {}
-    columns = ["image_id", "width", "height", "frames", "embedding"]
-    for path in store.live_paths("embeddings"):
-        table = pq.read_table(path, columns=columns, filters=[("image_id", "in", ids)])
-        matrix = embedding_matrix(table)
-        for i, row in enumerate(
-            table.select(["image_id", "width", "height", "frames"]).to_pylist()
-        ):
-            found[row["image_id"]] = {**row, "embedding": matrix[i]}
-    return found

@@ -17,8 +17,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from meter_batch.labels import UNKNOWN
-from meter_batch.vectors import iter_vectors, prefetch
+from meter_batch.labels.label_sets import LEARNED, UNKNOWN, LabelSet
+from meter_batch.model.encoder import encode_texts
+from meter_batch.model.loading import LoadedModel
+from meter_batch.prefetch import prefetch
+from meter_batch.store.schema import predictions_schema
+from meter_batch.store.vectors import iter_vectors
 
 
 @dataclass(frozen=True)
@@ -32,28 +36,20 @@ class ScoreSettings:
     min_margin: float = 0.0
 
 
-_TEXT = pa.dictionary(pa.int32(), pa.string())
-PREDICTION_FIELDS = [
-    pa.field("image_id", pa.int64(), nullable=False),
-    pa.field("label_set", _TEXT, nullable=False),
-    pa.field("label_set_version", _TEXT, nullable=False),
-    pa.field("label", _TEXT, nullable=False),
-    pa.field("prob", pa.float32(), nullable=False),
-    pa.field("margin", pa.float32(), nullable=False),
-    pa.field("abstained", pa.bool_(), nullable=False),
-]
+def label_matrix(loaded: LoadedModel, label_set: LabelSet) -> np.ndarray:
+    """(K, D) float32: per label, the renormalized mean of its prompt × template embeddings."""
+    rows = []
+    for label in label_set.labels:
+        texts = [template.format(p) for p in label.prompts for template in label_set.templates]
+        mean = encode_texts(loaded, texts).mean(dim=0)
+        rows.append(mean / mean.norm())
+    return torch.stack(rows).numpy()
 
 
-def predictions_schema(top_k: int) -> pa.Schema:
-    labels = pa.list_(pa.field("item", _TEXT), top_k)
-    return pa.schema(
-        [
-            *PREDICTION_FIELDS,
-            pa.field("top_labels", labels, nullable=False),
-            pa.field("top_probs", pa.list_(pa.float32(), top_k), nullable=False),
-            pa.field("logit_scale", pa.float32(), nullable=False),
-        ]
-    )
+def resolve_scale(loaded: LoadedModel, label_set: LabelSet) -> float:
+    if label_set.logit_scale == LEARNED:
+        return float(loaded.model.logit_scale.exp().item())  # type: ignore[operator]
+    return float(label_set.logit_scale)
 
 
 class Scorer:

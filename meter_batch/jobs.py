@@ -222,8 +222,9 @@ def _open_log(path: Path) -> logging.Handler:
 
 
 def _run_steps(job: Job, path: Path) -> int:
-    from meter_batch.labels import load_label_set
-    from meter_batch.pipeline import classify, encode
+    from meter_batch.ingest.encode_run import encode
+    from meter_batch.labels.classify_run import classify
+    from meter_batch.labels.label_sets import load_label_set
 
     configs = job.encode_configs()
     for labels in job.classify.label_sets:  # a typo in one must not cost a night's encode

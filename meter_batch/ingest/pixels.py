@@ -8,6 +8,8 @@ Applied to every decoded image before open_clip's own resize / crop:
   BACKGROUND instead of dropped onto whatever colour the hidden pixels held;
 - animated images use their first frame (the frame count is recorded).
 Plain RGB and L images pass through untouched, so they embed exactly like the reference.
+The policy is recorded in every model identity (model.identity.PIXEL_POLICY): a change
+here that changes any pixel bumps it, so a store never mixes two policies.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import io
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-# Recorded in every store's model identity: stores never mix two pixel policies.
-PIXEL_POLICY = "open_clip-eval+exif+alpha-white+hdr-scaled/1"
 BACKGROUND = (255, 255, 255)  # white: the paper / wall colour transparent scans are shown on
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")

@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torchvision.io import ImageReadMode
 
-from meter_batch.decode import Decoded, DecodedBatch, DecodeOptions, decode_into_result
+from meter_batch.ingest.decode import Decoded, DecodedBatch, DecodeOptions, decode_into_result
 
 log = logging.getLogger("meter_batch")
 RESIZE_MODES = ("shortest",)  # open_clip preprocess modes this stage reproduces

@@ -21,9 +21,11 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,9 +34,9 @@ import pyarrow.parquet as pq
 
 from meter_batch import faults
 from meter_batch.errors import ModelMismatchError, StoreError, StoreLockedError
-from meter_batch.model import ModelIdentity
-from meter_batch.schema import FORMAT_VERSION
-from meter_batch.vectors import vectors_path
+from meter_batch.model.identity import ModelIdentity
+from meter_batch.store.schema import FORMAT_VERSION
+from meter_batch.store.vectors import vectors_path
 
 STORE_FILE = "store.json"
 LOCK_FILE = ".lock"
@@ -397,3 +399,7 @@ def write_error(where: Path, exc: OSError) -> StoreError:
     """One line for a failed store write; ENOSPC is said plainly."""
     reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
     return StoreError(f"writing to {where} failed: {reason}; the last commit is intact")
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"

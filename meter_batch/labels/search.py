@@ -7,23 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from meter_batch.config import ModelSpec
-from meter_batch.decode import (
+from meter_batch.errors import ConfigError, InputError, StoreError
+from meter_batch.ingest.decode import (
     DecodeOptions,
     configure_decoder_process,
     decode_file,
     split_preprocess,
 )
-from meter_batch.encode import ImageEncoder, plan_device
-from meter_batch.errors import ConfigError, InputError, StoreError
-from meter_batch.index import load_index
-from meter_batch.index import search as index_search
-from meter_batch.labels import encode_texts
-from meter_batch.pipeline import load_store_model
-from meter_batch.store import Store, open_store
+from meter_batch.model.encoder import ImageEncoder, encode_texts, plan_device
+from meter_batch.model.loading import load_verified
+from meter_batch.store.commit import Store, open_store
+from meter_batch.store.index import load_index
+from meter_batch.store.index import search as index_search
+from meter_batch.store.read import paths_of
 
 
 @dataclass(frozen=True)
@@ -58,14 +57,14 @@ def search(
         for i, s in zip(ids[0], scores[0], strict=True)
         if i >= 0
     ]
-    paths = _paths_of(store, [i for i, _ in found])
+    paths = paths_of(store, [i for i, _ in found])
     return [Hit(n, i, round(s, 6), paths.get(i, "?")) for n, (i, s) in enumerate(found, start=1)]
 
 
 def _text_query(store: Store, text: str | None, model: ModelSpec | None) -> np.ndarray:
     if not text or not text.strip():
         raise ConfigError("the search text is empty")
-    loaded = load_store_model(store, model)
+    loaded = load_verified(store.model_source, store.identity, store.root, model)
     return encode_texts(loaded, [text])[0].numpy()
 
 
@@ -75,7 +74,7 @@ def _image_query(store: Store, image: Path | None, model: ModelSpec | None) -> n
         raise InputError(f"--image {image} is a folder; give one image file")
     if not image.is_file():
         raise InputError(f"image not found: {image}")
-    loaded = load_store_model(store, model)
+    loaded = load_verified(store.model_source, store.identity, store.root, model)
     stage = split_preprocess(loaded.reference_preprocess)
     configure_decoder_process(in_worker=False)
     decoded = decode_file(bytes(image.resolve()), 0, DecodeOptions(stage.transform, 10**9))
@@ -83,15 +82,3 @@ def _image_query(store: Store, image: Path | None, model: ModelSpec | None) -> n
         raise InputError(f"cannot use {image} as a query: {decoded.kind}: {decoded.message}")
     encoder = ImageEncoder(loaded.model, stage.mean, stage.std, plan_device("cpu", "fp32"))
     return encoder(torch.from_numpy(decoded.pixels[None].copy()))[0].astype(np.float32)
-
-
-def _paths_of(store: Store, ids: list[int]) -> dict[int, str]:
-    if not ids:
-        return {}
-    found: dict[int, str] = {}
-    for part in store.live_paths("embeddings"):
-        table = pq.read_table(part, columns=["image_id", "path"], filters=[("image_id", "in", ids)])
-        found.update(
-            zip(table.column("image_id").to_pylist(), table.column("path").to_pylist(), strict=True)
-        )
-    return found

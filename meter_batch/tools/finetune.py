@@ -26,7 +26,12 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
 from meter_batch.errors import ConfigError, InputError, ModelError
-from meter_batch.model import NO_WEIGHTS, read_state_dict, resolve_architecture, resolve_weights
+from meter_batch.model.loading import (
+    NO_WEIGHTS,
+    read_state_dict,
+    resolve_architecture,
+    resolve_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +258,7 @@ def _precision(device: str) -> str:
 
 def _run_trainer(config_path: Path, argv: list[str]) -> None:
     """Run open_clip_train.main in a child process with our model config registered."""
-    command = [sys.executable, "-m", "meter_batch.train_entry", str(config_path), *argv]
+    command = [sys.executable, "-m", "meter_batch.tools.train_entry", str(config_path), *argv]
     log.info("training: %s", " ".join(command))
     # offline: a Hugging Face text tower must not fetch weights or a tokenizer either
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from meter_batch import faults
-from meter_batch.schema import (
+from meter_batch.store.commit import Store, staged_path, write_error, write_parquet_staged
+from meter_batch.store.read import embedding_matrix
+from meter_batch.store.schema import (
     FAILURES_SCHEMA,
     TOMBSTONES_SCHEMA,
     embedding_type,
     embeddings_schema,
     readable_path,
 )
-from meter_batch.store import Store, staged_path, write_error, write_parquet_staged
-from meter_batch.vectors import vectors_path, write_vectors
+from meter_batch.store.vectors import vectors_path, write_vectors
 
 
 @dataclass(frozen=True)
@@ -153,15 +150,6 @@ class RunWriter:
         return pa.RecordBatch.from_arrays(columns, schema=FAILURES_SCHEMA)
 
 
-def embedding_matrix(table: pa.Table) -> np.ndarray:
-    """The (N, D) float16 matrix of an embeddings table's `embedding` column."""
-    column = table.column("embedding").combine_chunks()
-    values = column.values.slice(
-        column.offset * column.type.list_size, len(column) * column.type.list_size
-    )
-    return values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
-
-
 def write_vectors_staged(store: Store, table: pa.Table, parquet_relpath: str) -> str:
     """Stage the scoring copy of a part's embeddings; returns its final relative path."""
     relpath = str(vectors_path(Path(parquet_relpath)))
@@ -172,86 +160,3 @@ def write_vectors_staged(store: Store, table: pa.Table, parquet_relpath: str) ->
     except OSError as exc:
         raise write_error(store.root / relpath, exc) from exc
     return relpath
-
-
-class PredictionWriter:
-    """Streams prediction batches into staged Parquet parts of at most ``part_rows`` rows.
-
-    Parquet encoding runs on a background thread (pyarrow releases the GIL), overlapping
-    the scoring of the next chunk; at most two batches wait, so memory stays flat.
-    """
-
-    def __init__(self, store: Store, version: str, run_id: str, part_rows: int = 1_000_000) -> None:
-        self.store, self.version, self.run_id, self.part_rows = store, version, run_id, part_rows
-        self.staged: list[str] = []
-        self.rows = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._part_rows = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictions")
-        self._pending: deque[Future[None]] = deque()
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        while len(self._pending) >= 2:
-            self._pending.popleft().result()  # re-raises a failed write here
-        self._pending.append(self._pool.submit(self._write, batch))
-        self.rows += batch.num_rows
-
-    def finish(self) -> list[str]:
-        try:
-            while self._pending:
-                self._pending.popleft().result()
-            self._close()
-        except OSError as exc:
-            raise write_error(self.store.root, exc) from exc
-        finally:
-            self._pool.shutdown(wait=True)
-        return self.staged
-
-    def _write(self, batch: pa.RecordBatch) -> None:
-        try:
-            if self._writer is None or self._part_rows >= self.part_rows:
-                self._open(batch.schema)
-            assert self._writer is not None
-            self._writer.write_batch(batch)
-        except OSError as exc:
-            raise write_error(self.store.root, exc) from exc
-        self._part_rows += batch.num_rows
-
-    def _open(self, schema: pa.Schema) -> None:
-        self._close()
-        relpath = f"predictions/{self.version}/part-{self.run_id}-{len(self.staged):05d}.parquet"
-        # lz4: 1.8M rows/s here against zstd's 1.2M, for 15 % larger files
-        self._writer = pq.ParquetWriter(staged_path(self.store, relpath), schema, compression="lz4")
-        self.staged.append(relpath)
-        self._part_rows = 0
-
-    def _close(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        with open(staged_path(self.store, self.staged[-1]), "rb+") as handle:
-            os.fsync(handle.fileno())
-        self._writer = None
-
-
-def write_label_matrix(
-    store: Store, version: str, label_ids: list[str], prompts: list[list[str]], matrix: np.ndarray
-) -> str:
-    """Stage the label embedding matrix of a label-set version; returns its relative path."""
-    relpath = f"labelsets/{version}.parquet"
-    dim = matrix.shape[1]
-    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
-    table = pa.table(
-        {
-            "label_id": pa.array(label_ids, pa.string()),
-            "prompts": pa.array(prompts, pa.list_(pa.string())),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-        }
-    )
-    write_parquet_staged(store, table, relpath)
-    return relpath
-
-
-def read_label_matrix(path: Path) -> np.ndarray:
-    column = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
-    return column.values.to_numpy().reshape(len(column), column.type.list_size)

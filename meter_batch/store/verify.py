@@ -14,12 +14,12 @@ import duckdb
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from meter_batch.changes import tombstoned_ids
 from meter_batch.errors import MeterBatchError
-from meter_batch.index import index_ids, load_index
-from meter_batch.store import Store, open_store
-from meter_batch.vectors import vectors_path
-from meter_batch.views import CATALOG, catalog_is_current
+from meter_batch.store.catalog import CATALOG, catalog_is_current
+from meter_batch.store.commit import Store, open_store
+from meter_batch.store.index import index_ids, load_index
+from meter_batch.store.read import tombstoned_ids
+from meter_batch.store.vectors import vectors_path
 
 
 def verify(root: Path) -> tuple[list[str], dict[str, int]]:

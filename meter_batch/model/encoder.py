@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from meter_batch.errors import ConfigError
+from meter_batch.model.loading import LoadedModel
 
 log = logging.getLogger("meter_batch")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -111,3 +112,11 @@ class ImageEncoder:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.plan.device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def encode_texts(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """(N, D) float32 unit vectors for ``texts``, on the CPU."""
+    tokens = loaded.tokenizer(texts)
+    features = loaded.model.encode_text(tokens).float()  # type: ignore[operator]
+    return torch.nn.functional.normalize(features, dim=-1)

@@ -8,6 +8,7 @@ rebuilt from the Parquet parts.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,11 @@ import numpy as np
 
 from meter_batch import faults
 from meter_batch.errors import StoreError
+from meter_batch.store.commit import Store
+from meter_batch.store.read import live_ids
+from meter_batch.store.vectors import iter_vectors
+
+log = logging.getLogger("meter_batch")
 
 
 def new_index(dim: int) -> faiss.IndexIDMap2:
@@ -73,3 +79,25 @@ def remove_ids(index: faiss.IndexIDMap2, ids: list[int] | np.ndarray) -> int:
     if len(ids) == 0:
         return 0
     return int(index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))  # type: ignore[arg-type]
+
+
+def reconcile_index(store: Store, index: faiss.IndexIDMap2) -> faiss.IndexIDMap2:
+    """Make the index hold exactly the live rows: after a crash it may lag the parts."""
+    live = live_ids(store)
+    present = set(index_ids(index).tolist())
+    missing = live - present
+    remove_ids(index, sorted(present - live))
+    if missing:
+        log.info("catching the FAISS index up: %d rows", len(missing))
+        for path in store.live_paths("vectors"):
+            for ids, vectors in iter_vectors(path):
+                keep = np.fromiter((i in missing for i in ids.tolist()), dtype=bool, count=len(ids))
+                if keep.any():
+                    add_embeddings(index, ids[keep], vectors[keep])
+    return index
+
+
+def open_index(store: Store) -> faiss.IndexIDMap2:
+    if store.manifest.index:
+        return load_index(store.path(store.manifest.index))
+    return new_index(store.identity.embed_dim)

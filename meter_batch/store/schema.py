@@ -63,3 +63,29 @@ def readable_path(path_bytes: bytes) -> tuple[str, bytes | None]:
         return path_bytes.decode("utf-8"), None
     except UnicodeDecodeError:
         return path_bytes.decode("utf-8", errors="replace"), path_bytes
+
+
+_TEXT = pa.dictionary(pa.int32(), pa.string())
+
+
+PREDICTION_FIELDS = [
+    pa.field("image_id", pa.int64(), nullable=False),
+    pa.field("label_set", _TEXT, nullable=False),
+    pa.field("label_set_version", _TEXT, nullable=False),
+    pa.field("label", _TEXT, nullable=False),
+    pa.field("prob", pa.float32(), nullable=False),
+    pa.field("margin", pa.float32(), nullable=False),
+    pa.field("abstained", pa.bool_(), nullable=False),
+]
+
+
+def predictions_schema(top_k: int) -> pa.Schema:
+    labels = pa.list_(pa.field("item", _TEXT), top_k)
+    return pa.schema(
+        [
+            *PREDICTION_FIELDS,
+            pa.field("top_labels", labels, nullable=False),
+            pa.field("top_probs", pa.list_(pa.float32(), top_k), nullable=False),
+            pa.field("logit_scale", pa.float32(), nullable=False),
+        ]
+    )

@@ -20,9 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter_batch.errors import ConfigError, StoreError
-from meter_batch.schema import FAILURES_SCHEMA, TOMBSTONES_SCHEMA, embeddings_schema
-from meter_batch.score import predictions_schema
-from meter_batch.store import Store, fsync_dir, open_store
+from meter_batch.store.commit import Store, fsync_dir, open_store
+from meter_batch.store.schema import (
+    FAILURES_SCHEMA,
+    TOMBSTONES_SCHEMA,
+    embeddings_schema,
+    predictions_schema,
+)
 
 CATALOG = "catalog.duckdb"
 EMPTY_DIR = "catalog-empty"  # schema-only Parquet files standing in for "no parts yet"
@@ -33,7 +37,7 @@ def sql_root() -> Traversable:
     try:
         return resources.files("meter_batch.sql")
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / "sql"
+        return Path(__file__).resolve().parents[2] / "sql"
 
 
 def sql_text(relative: str) -> str:

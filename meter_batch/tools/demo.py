@@ -18,12 +18,13 @@ from pathlib import Path
 
 from meter_batch.config import EncodeConfig, ModelSpec, default_workers
 from meter_batch.errors import ConfigError
-from meter_batch.pipeline import RunSummary, classify, encode
-from meter_batch.views import run_query
+from meter_batch.ingest.encode_run import RunSummary, encode
+from meter_batch.labels.classify_run import classify
+from meter_batch.store.catalog import run_query
 
 log = logging.getLogger("meter_batch")
 
-MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
 MODEL_CONFIG = MODEL_DIR / "meter-clip-tiny.json"
 MODEL_WEIGHTS = MODEL_DIR / "model.safetensors"
 TRAINING_SEED = 0  # the shipped model was trained on seed 0's renders (README)
@@ -85,12 +86,12 @@ def labelsets_folder() -> Path:
     try:
         return Path(str(resources.files("meter_batch.labelsets")))
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / "jobs" / "labelsets"
+        return Path(__file__).resolve().parents[2] / "jobs" / "labelsets"
 
 
 def run_demo(folder: Path, count: int, workers: int | None = None) -> list[Confusion]:
     """Render, encode, classify with every label set in CHECKS, and score the answers."""
-    from meter_batch.synthetic import write_synthetic_set
+    from meter_batch.tools.synthetic import write_synthetic_set
 
     _claim(folder)
     for old in ("heldout", "store"):  # the demo's own outputs from an earlier run
@@ -138,7 +139,7 @@ def read_truth(path: Path) -> dict[str, dict[str, str]]:
 def confusion(
     store: Path, labels: Path, check: LabelSetCheck, truth: dict[str, dict[str, str]]
 ) -> Confusion:
-    from meter_batch.labels import load_label_set
+    from meter_batch.labels.label_sets import load_label_set
 
     name = load_label_set(labels).name
     rows = run_query(

@@ -16,7 +16,7 @@ import os
 import pickle
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,38 +30,12 @@ from open_clip.model import (
 )
 
 from meter_batch.config import ModelSpec
-from meter_batch.errors import ModelError
-from meter_batch.pixels import PIXEL_POLICY
+from meter_batch.errors import ModelError, ModelMismatchError
+from meter_batch.model.identity import ModelIdentity
 
 NO_WEIGHTS = "none"
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 _HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What makes two embeddings comparable. Stored in store.json; compared on every run."""
-
-    architecture: str
-    config_sha256: str
-    pretrained: str
-    checkpoint_sha256: str | None
-    seed: int | None
-    quick_gelu: bool
-    preprocess: dict[str, Any]
-    embed_dim: int
-    pixel_policy: str = PIXEL_POLICY
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ModelIdentity:
-        return cls(**data)
-
-    def differences(self, other: ModelIdentity) -> list[str]:
-        mine, theirs = self.to_json(), other.to_json()
-        return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
 
 
 @dataclass
@@ -347,3 +321,30 @@ def _preprocess_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:
     names = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation"}
     names["resize_mode"] = "image_resize_mode"
     return {names[k]: v for k, v in overrides.items()}
+
+
+def load_verified(
+    source: dict[str, Any],
+    identity: ModelIdentity,
+    owner: Path,
+    override: ModelSpec | None = None,
+) -> LoadedModel:
+    """The model that wrote the store ``owner``: loaded from ``source`` (where the store
+    recorded it) or ``override`` (its files moved), and checked against ``identity``."""
+    spec = override or ModelSpec(source["name"], source["pretrained"], source.get("seed", 0))
+    try:
+        loaded = load_model(spec)
+    except ModelError as exc:
+        if override is not None:
+            raise
+        raise ModelError(  # the files were moved since the store recorded them
+            f"{exc} (the model that wrote {owner}; if its files moved, pass "
+            f"--model/--pretrained with their new paths)"
+        ) from exc
+    problems = loaded.identity.differences(identity)
+    if problems:
+        raise ModelMismatchError(
+            f"the model at {spec.name} / {spec.pretrained} is not the one that wrote {owner} "
+            f"({'; '.join(problems)}); pass the store's model with --model/--pretrained"
+        )
+    return loaded

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from meter_batch.decode import (
+from meter_batch.ingest.decode import (
     Decoded,
     DecodedBatch,
     ImageFiles,

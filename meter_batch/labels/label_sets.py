@@ -27,12 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from meter_batch.config import read_toml
 from meter_batch.errors import ConfigError
-from meter_batch.model import LoadedModel, ModelIdentity
+from meter_batch.model.identity import ModelIdentity
 
 LEARNED = "learned"
 UNKNOWN = "unknown"
@@ -176,27 +173,3 @@ def _parse_abstain(raw: Any) -> Abstain:
             raise ConfigError(f"abstain.{key} must be a number in [0, 1]; got {value!r}")
         values[key] = float(value)
     return Abstain(**values)
-
-
-@torch.inference_mode()
-def encode_texts(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
-    """(N, D) float32 unit vectors for ``texts``, on the CPU."""
-    tokens = loaded.tokenizer(texts)
-    features = loaded.model.encode_text(tokens).float()  # type: ignore[operator]
-    return torch.nn.functional.normalize(features, dim=-1)
-
-
-def label_matrix(loaded: LoadedModel, label_set: LabelSet) -> np.ndarray:
-    """(K, D) float32: per label, the renormalized mean of its prompt × template embeddings."""
-    rows = []
-    for label in label_set.labels:
-        texts = [template.format(p) for p in label.prompts for template in label_set.templates]
-        mean = encode_texts(loaded, texts).mean(dim=0)
-        rows.append(mean / mean.norm())
-    return torch.stack(rows).numpy()
-
-
-def resolve_scale(loaded: LoadedModel, label_set: LabelSet) -> float:
-    if label_set.logit_scale == LEARNED:
-        return float(loaded.model.logit_scale.exp().item())  # type: ignore[operator]
-    return float(label_set.logit_scale)

@@ -1,6 +1,6 @@
 """Child-process entry for ``meter-batch finetune``: open_clip_train with our config.
 
-Usage: ``python -m meter_batch.train_entry CONFIG.json [open_clip_train arguments]``.
+Usage: ``python -m meter_batch.tools.train_entry CONFIG.json [open_clip_train arguments]``.
 The config is registered under its file stem, so ``--model=<stem>`` finds it; then
 open_clip_train's own ``main`` runs unchanged.
 """

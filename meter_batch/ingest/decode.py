@@ -24,9 +24,9 @@ from torchvision import transforms as T
 
 from meter_batch import faults
 from meter_batch.errors import ModelError
-from meter_batch.pixels import frame_count, normalize_image
-from meter_batch.scan import WorkList
-from meter_batch.schema import CONTENT_HASH_BYTES
+from meter_batch.ingest.pixels import frame_count, normalize_image
+from meter_batch.ingest.scan import WorkList
+from meter_batch.store.schema import CONTENT_HASH_BYTES
 
 PixelFn = Callable[[Image.Image], Image.Image]
 

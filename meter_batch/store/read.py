@@ -1,0 +1,66 @@
+"""Reading committed parts back: which ids are live, and the rows of given ids.
+
+Only what the manifest lists is read (``Store.live_paths``); a row is live until a
+tombstone names its image_id.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from meter_batch.store.commit import Store
+
+
+def tombstoned_ids(store: Store) -> set[int]:
+    ids: set[int] = set()
+    for path in store.live_paths("tombstones"):
+        column = pq.read_table(path, columns=["image_id"]).column("image_id")
+        ids.update(i for i in column.to_pylist() if i is not None)
+    return ids
+
+
+def live_ids(store: Store) -> set[int]:
+    dead = tombstoned_ids(store)
+    ids: set[int] = set()
+    for path in store.live_paths("embeddings"):
+        ids.update(pq.read_table(path, columns=["image_id"]).column(0).to_pylist())
+    return ids - dead
+
+
+def fetch_rows(store: Store, ids: list[int]) -> dict[int, dict[str, object]]:
+    """width, height, frames and embedding of stored rows, by image_id (touched files)."""
+    if not ids:
+        return {}
+    found: dict[int, dict[str, object]] = {}
+    columns = ["image_id", "width", "height", "frames", "embedding"]
+    for path in store.live_paths("embeddings"):
+        table = pq.read_table(path, columns=columns, filters=[("image_id", "in", ids)])
+        matrix = embedding_matrix(table)
+        for i, row in enumerate(
+            table.select(["image_id", "width", "height", "frames"]).to_pylist()
+        ):
+            found[row["image_id"]] = {**row, "embedding": matrix[i]}
+    return found
+
+
+def paths_of(store: Store, ids: list[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    found: dict[int, str] = {}
+    for part in store.live_paths("embeddings"):
+        table = pq.read_table(part, columns=["image_id", "path"], filters=[("image_id", "in", ids)])
+        found.update(
+            zip(table.column("image_id").to_pylist(), table.column("path").to_pylist(), strict=True)
+        )
+    return found
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The (N, D) float16 matrix of an embeddings table's `embedding` column."""
+    column = table.column("embedding").combine_chunks()
+    values = column.values.slice(
+        column.offset * column.type.list_size, len(column) * column.type.list_size
+    )
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
