@@ -68,7 +68,7 @@ def test_compiled_batches_embed_like_eager_ones(tmp_path, image_dir, configs, mo
     assert sorted(ours) == sorted(reference) == sorted(paths)
     cosines = [_cosine(ours[p], reference[p]) for p in paths]
     assert min(cosines) > 0.9999
-    assert open_store(tmp_path / "compiled").manifest.runs[-1]["compile"] is True
+    assert open_store(tmp_path / "compiled").manifest.runs[-1].compile is True
 
 
 def test_a_failing_compile_falls_back_to_eager(tmp_path, image_dir, configs, monkeypatch, caplog):

@@ -67,9 +67,7 @@ def test_fast_path_stays_close_to_the_reference_on_real_photos(tmp_path, photos)
     cosines = np.array([exact[p] @ fast[p] for p in exact])
     assert cosines.mean() >= 0.995 and cosines.min() >= 0.98, cosines
     assert _pixels_differ(photos / "retina.jpg")  # the fast path really decoded otherwise
-    runs = [
-        open_store(tmp_path / s).manifest.runs[-1]["preprocess_path"] for s in ("exact", "fast")
-    ]
+    runs = [open_store(tmp_path / s).manifest.runs[-1].preprocess_path for s in ("exact", "fast")]
     assert runs == ["exact", "fast"]
 
 
@@ -81,7 +79,7 @@ def test_device_decoding_stays_close_to_the_reference_on_real_photos(tmp_path, p
     assert set(exact) == set(device)
     cosines = np.array([exact[p] @ device[p] for p in exact])
     assert cosines.mean() >= 0.995 and cosines.min() >= 0.98, cosines
-    assert open_store(tmp_path / "device").manifest.runs[-1]["jpeg_decode"] == "device"
+    assert open_store(tmp_path / "device").manifest.runs[-1].jpeg_decode == "device"
     # the random-weight model is forgiving, so compare the pixels too: the device decoder's
     # crop against open_clip's preprocess (PIL decode, resize, crop), photo by photo
     stage = split_preprocess(load_model(ModelSpec("RN50", "none")).reference_preprocess)

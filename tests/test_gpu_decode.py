@@ -21,6 +21,7 @@ from meter_batch.ingest.scan import collect_work
 from meter_batch.ingest.workers import isolated_decode
 from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import open_store
+from meter_batch.store.records import FailureKind
 from tests.conftest import make_images
 from tests.test_odd_files import arrow_picture
 
@@ -62,10 +63,10 @@ def test_device_decoded_jpegs_embed_like_the_reference(tmp_path, jpeg_dir, confi
     assert sorted(ours) == sorted(reference)
     cosines = [float(ours[p] @ reference[p]) for p in reference]
     assert min(cosines) >= 0.995 and float(np.mean(cosines)) >= 0.999
-    assert open_store(tmp_path / "dev").manifest.runs[-1]["jpeg_decode"] == "device"
+    assert open_store(tmp_path / "dev").manifest.runs[-1].jpeg_decode == "device"
     auto = _encode(jpeg_dir, tmp_path / "auto", configs["vit"], workers=0)
     # auto on a CPU: PIL in the workers
-    assert open_store(tmp_path / "auto").manifest.runs[-1]["jpeg_decode"] == "workers"
+    assert open_store(tmp_path / "auto").manifest.runs[-1].jpeg_decode == "workers"
     assert auto.encoded == 15
 
 
@@ -201,7 +202,7 @@ class _Items(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
     def __getitem__(self, n: int) -> Decoded:
         if n == 2:
-            return Decoded(index=99, kind="decode_error", message="broken")
+            return Decoded(index=99, kind=FailureKind.DECODE_ERROR, message="broken")
         data = self.files[n if n < 2 else n - 1].read_bytes()
         return Decoded(index=n, jpeg=torch.frombuffer(bytearray(data), dtype=torch.uint8))
 

@@ -19,6 +19,7 @@ from meter_batch.ingest.encode_run import encode
 from meter_batch.ingest.pixels import BACKGROUND, normalize_image
 from meter_batch.model.loading import load_model
 from meter_batch.store.catalog import run_query
+from meter_batch.store.records import FailureKind
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -234,11 +235,11 @@ def test_heic_without_the_extra_is_unsupported_format(monkeypatch):
     error = Image.UnidentifiedImageError("cannot identify image file")
     monkeypatch.setitem(decode._optional, "heif", False)
     assert classify_decode_error(error, data) == (
-        "unsupported_format",
+        FailureKind.UNSUPPORTED_FORMAT,
         "HEIF/AVIF image (brand 'heic') and no decoder for it: install the extra meter_batch[heic]",
     )
     monkeypatch.setitem(decode._optional, "heif", True)
-    assert classify_decode_error(error, data)[0] == "unidentified"
+    assert classify_decode_error(error, data)[0] == FailureKind.UNIDENTIFIED
 
 
 def test_a_file_changing_while_read_is_unstable(tmp_path, monkeypatch):
@@ -259,7 +260,7 @@ def test_a_file_changing_while_read_is_unstable(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fstat", fstat)
     result = Decoded(0)
     assert _read_stable(os.fsencode(path), result) is None
-    assert result.kind == "unstable" and "changed while being read" in result.message
+    assert result.kind == FailureKind.UNSTABLE and "changed while being read" in result.message
 
 
 def test_vanished_and_unreadable_files_are_failures(tmp_path, image_dir, configs, monkeypatch):
@@ -324,7 +325,8 @@ def test_a_hanging_decoder_times_out_and_the_run_goes_on(tmp_path, image_dir, co
 
 def test_eps_without_ghostscript_is_unsupported_format():
     error = OSError("Unable to locate Ghostscript on paths")
-    assert classify_decode_error(error, b"%!PS-Adobe-3.0 EPSF-3.0")[0] == "unsupported_format"
+    kind, _ = classify_decode_error(error, b"%!PS-Adobe-3.0 EPSF-3.0")
+    assert kind == FailureKind.UNSUPPORTED_FORMAT
 
 
 def test_failures_that_depend_on_the_machine_are_retried(tmp_path, corpus, configs):

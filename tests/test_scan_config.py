@@ -10,6 +10,7 @@ import pytest
 from meter_batch.config import EncodeConfig, ModelSpec, from_mapping
 from meter_batch.errors import ConfigError
 from meter_batch.ingest.scan import ScanFailure, ScannedFile, collect_work, scan_images
+from meter_batch.store.records import FailureKind
 
 
 def _touch(root: Path, relative: str, content: bytes = b"x") -> None:
@@ -40,7 +41,7 @@ def test_hidden_entries_and_symlinked_folders_are_skipped(tmp_path):
 def test_broken_symlink_is_a_failure(tmp_path):
     os.symlink(tmp_path / "gone.jpg", tmp_path / "dangling.jpg")
     items = list(scan_images(tmp_path))
-    assert items == [ScanFailure(b"dangling.jpg", "vanished", "broken symbolic link")]
+    assert items == [ScanFailure(b"dangling.jpg", FailureKind.VANISHED, "broken symbolic link")]
 
 
 def test_non_utf8_names_survive_as_bytes(tmp_path):
@@ -66,7 +67,7 @@ def test_unreadable_folder_is_recorded_and_the_walk_goes_on(tmp_path, monkeypatc
     monkeypatch.setattr(os, "scandir", scandir)
     items = list(scan_images(tmp_path))
     assert items == [
-        ScanFailure(b"locked", "permission_denied", "Permission denied"),
+        ScanFailure(b"locked", FailureKind.PERMISSION_DENIED, "Permission denied"),
         ScannedFile(b"open/b.jpg", 1, (tmp_path / "open/b.jpg").stat().st_mtime_ns),
     ]
 

@@ -25,6 +25,7 @@ from meter_batch.errors import InputError
 from meter_batch.ingest.scan import WorkList
 from meter_batch.store.commit import Store
 from meter_batch.store.read import tombstoned_ids
+from meter_batch.store.records import FailureKind
 from meter_batch.store.schema import CONTENT_HASH_BYTES
 
 
@@ -36,12 +37,30 @@ class Known:
     content_hash: bytes | None
 
 
+@dataclass(frozen=True)
+class Touched:
+    """A file whose bytes are those of a stored row, under a new mtime."""
+
+    old_id: int
+    content_hash: bytes
+
+
+@dataclass(frozen=True)
+class Gone:
+    """A live row whose file the walk did not find."""
+
+    relpath: bytes  # below the prefix
+    image_id: int
+
+
 @dataclass
 class Plan:
-    encode: list[int] = field(default_factory=list)  # work positions to decode + encode
-    supersedes: dict[int, int] = field(default_factory=dict)  # work position -> old image_id
-    touched: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # pos -> (old id, hash)
-    deleted: list[tuple[bytes, int | None]] = field(default_factory=list)  # (relpath, id)
+    """What a run must do; positions are indexes into the walk's WorkList."""
+
+    encode: list[int] = field(default_factory=list)  # to decode + encode
+    supersedes: dict[int, int] = field(default_factory=dict)  # position -> old image_id
+    touched: dict[int, Touched] = field(default_factory=dict)
+    deleted: list[Gone] = field(default_factory=list)
     cleared: list[bytes] = field(default_factory=list)  # standing failures that are over
     standing: dict[bytes, Standing] = field(default_factory=dict)
     new_scan_failures: int = 0  # unreadable folders not recorded yet
@@ -61,16 +80,7 @@ class Standing:
     size: int | None
     mtime_ns: int | None
     run_id: str
-    kind: str = ""
-    message: str = ""
-
-    @property
-    def about_the_content(self) -> bool:
-        """Will this file fail again as long as its bytes are the same? Caps, missing
-        decoders, permissions, crashes and timeouts depend on the machine: retried."""
-        if self.kind in ("unidentified", "truncated"):
-            return True
-        return self.kind == "decode_error" and not self.message.startswith("the decoder")
+    kind: FailureKind
 
 
 def standing_failures(store: Store, prefix: bytes) -> dict[bytes, Standing]:
@@ -83,7 +93,8 @@ def standing_failures(store: Store, prefix: bytes) -> dict[bytes, Standing]:
         for raw, size, mtime, run_id, kind, message in zip(_raw_paths(table), *values, strict=True):
             old = latest.get(raw)
             if old is None or str(run_id) >= old.run_id:
-                latest[raw] = Standing(size, mtime, str(run_id), str(kind), str(message))
+                failure = FailureKind.of_stored(str(kind), str(message))
+                latest[raw] = Standing(size, mtime, str(run_id), failure)
     cleared = _cleared_failure_paths(store)
     return {
         raw[len(prefix) :]: standing
@@ -181,7 +192,7 @@ def plan_changes(root: Path, work: WorkList, store: Store, prefix: bytes) -> Pla
             restat.append(position)
         elif (
             failed is not None
-            and failed.about_the_content
+            and not failed.kind.retried
             and (failed.size, failed.mtime_ns) == (work.sizes[position], work.mtimes_ns[position])
         ):
             plan.skipped += 1  # a broken file that has not changed is not retried
@@ -211,7 +222,7 @@ def _sort_restat(
             old = known[work.relpath(position)]
             assert old.image_id is not None
             if digest is not None and digest == old.content_hash:
-                plan.touched[position] = (old.image_id, digest)
+                plan.touched[position] = Touched(old.image_id, digest)
             else:
                 plan.encode.append(position)
                 plan.supersedes[position] = old.image_id
@@ -227,16 +238,14 @@ def _hash_file(path: bytes) -> bytes | None:
         return None  # it will fail again when decoded, and be recorded there
 
 
-def _deleted(
-    work: WorkList, live: pa.Table, failures: dict[bytes, Standing]
-) -> list[tuple[bytes, int | None]]:
+def _deleted(work: WorkList, live: pa.Table, failures: dict[bytes, Standing]) -> list[Gone]:
     """Live images the walk did not find (standing failures are `_cleared`'s)."""
     if any(f.relpath == b"." for f in work.failures):
         return []  # the root itself could not be listed: nothing can be called deleted
     unreadable = tuple(f.relpath.rstrip(b"/") + b"/" for f in work.failures)
     gone_rows = live.filter(pc.invert(pc.is_in(live.column("path"), value_set=work.paths)))
     gone = [
-        (relpath, image_id)
+        Gone(relpath, image_id)
         for relpath, image_id in zip(*_columns(gone_rows, "path", "image_id"), strict=True)
         if not (unreadable and relpath.startswith(unreadable))
     ]
@@ -246,7 +255,7 @@ def _deleted(
             f"refusing to mark them all deleted (is the share mounted? If every image really "
             f"is gone, remove the store folder or start a new one)"
         )
-    return sorted(gone, key=lambda item: item[0])
+    return sorted(gone, key=lambda item: item.relpath)
 
 
 def _cleared(work: WorkList, failures: dict[bytes, Standing]) -> list[bytes]:

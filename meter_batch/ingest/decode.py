@@ -26,11 +26,10 @@ from meter_batch import faults
 from meter_batch.errors import ModelError
 from meter_batch.ingest.pixels import frame_count, normalize_image
 from meter_batch.ingest.scan import WorkList
+from meter_batch.store.records import FailureKind
 from meter_batch.store.schema import CONTENT_HASH_BYTES
 
 PixelFn = Callable[[Image.Image], Image.Image]
-
-DEFAULT_MAX_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class Decoded:
     size: int = 0  # as read (fstat), which may be newer than the scan's
     mtime_ns: int = 0
     content_hash: bytes = b""
-    kind: str | None = None
+    kind: FailureKind | None = None
     message: str = ""
     # a plain JPEG's bytes for gpu_decode (then ``pixels`` is None): a uint8 tensor, so it
     # travels from the worker through shared memory, not pickled through the pipe
@@ -132,13 +131,13 @@ def decode_file(path: bytes, index: int, options: DecodeOptions) -> Decoded:
     try:
         data = _read_stable(path, result)
     except FileNotFoundError as exc:
-        return Decoded(index, kind="vanished", message=exc.strerror or str(exc))
+        return Decoded(index, kind=FailureKind.VANISHED, message=exc.strerror or str(exc))
     except PermissionError as exc:
-        return Decoded(index, kind="permission_denied", message=exc.strerror or str(exc))
+        return Decoded(index, kind=FailureKind.PERMISSION_DENIED, message=exc.strerror or str(exc))
     except OSError as exc:
-        return Decoded(index, kind="decode_error", message=f"read failed: {exc}")
+        return Decoded(index, kind=FailureKind.DECODE_ERROR, message=f"read failed: {exc}")
     except MemoryError:
-        return Decoded(index, kind="too_large", message="the file does not fit in memory")
+        return Decoded(index, kind=FailureKind.TOO_LARGE, message="the file does not fit in memory")
     if data is None:
         return result  # unstable: recorded by _read_stable
     result.content_hash = content_hash(data)
@@ -152,7 +151,7 @@ def decode_into_result(result: Decoded, data: bytes, options: DecodeOptions) -> 
         _decode_into(result, data, options)
     except MemoryError:
         result.pixels = None
-        result.kind, result.message = "too_large", "decoding it ran out of memory"
+        result.kind, result.message = FailureKind.TOO_LARGE, "decoding it ran out of memory"
     except Exception as exc:
         result.pixels = None
         result.kind, result.message = classify_decode_error(exc, data)
@@ -168,7 +167,7 @@ def _read_stable(path: bytes, result: Decoded) -> bytes | None:
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(
         data
     ) != after.st_size:
-        result.kind = "unstable"
+        result.kind = FailureKind.UNSTABLE
         result.message = f"changed while being read ({before.st_size} -> {after.st_size} bytes)"
         return None
     return data
@@ -178,7 +177,7 @@ def _decode_into(result: Decoded, data: bytes, options: DecodeOptions) -> None:
     with Image.open(io.BytesIO(data)) as image:
         result.width, result.height = image.size
         if image.width * image.height > options.max_pixels:
-            result.kind = "too_large"
+            result.kind = FailureKind.TOO_LARGE
             result.message = (
                 f"{image.width}x{image.height} exceeds the {options.max_pixels}-pixel cap"
             )
@@ -224,28 +223,31 @@ _ORIENTATION = 0x0112  # EXIF tag
 _UNSUPPORTED_BRANDS = (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1", b"ftypavif")
 
 
-def classify_decode_error(exc: BaseException, data: bytes) -> tuple[str, str]:
+def classify_decode_error(exc: BaseException, data: bytes) -> tuple[FailureKind, str]:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, Image.UnidentifiedImageError):
         if not data:
-            return "unidentified", "empty file (0 bytes)"
+            return FailureKind.UNIDENTIFIED, "empty file (0 bytes)"
         if data[4:12] in _UNSUPPORTED_BRANDS and not _optional["heif"]:
             brand = data[8:12].decode("ascii", "replace")
-            return "unsupported_format", (
+            return FailureKind.UNSUPPORTED_FORMAT, (
                 f"HEIF/AVIF image (brand {brand!r}) and no decoder for it: "
                 f"install the extra meter_batch[heic]"
             )
-        return "unidentified", f"not an image format Pillow can read (starts with {data[:16]!r})"
+        return (
+            FailureKind.UNIDENTIFIED,
+            f"not an image format Pillow can read (starts with {data[:16]!r})",
+        )
     if isinstance(exc, Image.DecompressionBombError):
-        return "too_large", message
+        return FailureKind.TOO_LARGE, message
     lowered = message.lower()
     if ("decoder" in lowered and "not available" in lowered) or "ghostscript" in lowered:
-        return "unsupported_format", message
+        return FailureKind.UNSUPPORTED_FORMAT, message
     if isinstance(exc, (OSError, SyntaxError)) and (
         "truncated" in lowered or "premature end" in lowered
     ):
-        return "truncated", message
-    return "decode_error", f"{type(exc).__name__}: {message}"
+        return FailureKind.TRUNCATED, message
+    return FailureKind.DECODE_ERROR, f"{type(exc).__name__}: {message}"
 
 
 def content_hash(data: bytes) -> bytes:

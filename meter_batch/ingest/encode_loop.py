@@ -42,6 +42,24 @@ STAGES = ("start", "waiting_for_decode", "model", "writes")  # the main thread's
 DECODER_STAGES = ("waiting_for_workers", "device_decode", "waiting_for_model")  # GPU decoder's
 
 
+@dataclass(frozen=True)
+class LoopPlan:
+    """How the loop turns files into embeddings: open_clip's pixel stage (its CPU half and
+    the constants of its device half), the workers' decode options, the device."""
+
+    stage: PixelStage
+    options: DecodeOptions
+    device: DevicePlan
+
+
+@dataclass(frozen=True)
+class LoopWork:
+    """Which files: positions into the walk's WorkList, in the order to encode them."""
+
+    files: WorkList
+    positions: list[int]
+
+
 @dataclass
 class LoopReport:
     """What the encode loop reports: seconds its main thread spent per stage (and the GPU
@@ -72,36 +90,29 @@ class LoopReport:
 
 
 def encoded_batches(
-    config: EncodeConfig,
-    loaded: LoadedModel,
-    how: tuple[PixelStage, DecodeOptions, DevicePlan],
-    what: tuple[WorkList, list[int]],
-    report: LoopReport,
+    config: EncodeConfig, loaded: LoadedModel, plan: LoopPlan, work: LoopWork, report: LoopReport
 ) -> Iterator[tuple[DecodedBatch, np.ndarray | None]]:
-    work, positions = what
-    if not positions:
+    """Each decoded batch with its embeddings (None when every file in it failed)."""
+    if not work.positions:
         return
-    stage, options, device = how
-    folder = os.fsencode(config.images_dir.resolve())
+    files = ImageFiles(os.fsencode(config.images_dir.resolve()), work.files, plan.options)
     settings = LoaderSettings(
-        config.batch_size, config.workers, device.is_cuda, config.decode_timeout
+        config.batch_size, config.workers, plan.device.is_cuda, config.decode_timeout
     )
-    batches = decoded_batches(ImageFiles(folder, work, options), positions, settings)
-    on_device = _device_decoder(config, (folder, work), stage, options, device)
+    batches = decoded_batches(files, work.positions, settings)
+    on_device = _device_decoder(config, files, plan)
+    compile_it = _worth_compiling(config, len(work.positions))
     with report.timing("start"):  # model to the device and warm, first batch decoded
         encoder, first = _start_concurrently(
-            loaded,
-            stage,
-            device,
-            (settings.batch_size, _worth_compiling(config, len(positions))),
+            _Start(loaded, plan, config.batch_size, compile_it),
             batches,
-            on_device if options.jpeg_on_device else None,
+            on_device if plan.options.jpeg_on_device else None,
         )
     if first is None:
         return
     pending = itertools.chain([first], batches)
     decoded: Iterator[tuple[DecodedBatch, torch.Tensor]] = (on_device(b) for b in pending)
-    if options.jpeg_on_device:  # the next batches' GPU decoding overlaps model and writes
+    if plan.options.jpeg_on_device:  # the next batches' GPU decoding overlaps model, writes
         decoded = prefetch(_timed_device_decoding(pending, on_device, report), depth=2)
     yield from _timed_encoding(decoded, encoder, report)
 
@@ -122,19 +133,13 @@ def _timed_device_decoding(
             yield decoded
 
 
-def _device_decoder(
-    config: EncodeConfig,
-    files: tuple[bytes, WorkList],
-    stage: PixelStage,
-    options: DecodeOptions,
-    device: DevicePlan,
-) -> DeviceJpegDecoder:
+def _device_decoder(config: EncodeConfig, files: ImageFiles, plan: LoopPlan) -> DeviceJpegDecoder:
     """Moves the workers' pixels to the device, and decodes shipped JPEGs there."""
-    cpu_files = ImageFiles(*files, replace(options, jpeg_on_device=False))
+    cpu_files = ImageFiles(files.root, files.work, replace(plan.options, jpeg_on_device=False))
     return DeviceJpegDecoder(
-        device.device,
-        stage.short_side,
-        options,
+        plan.device.device,
+        plan.stage.short_side,
+        plan.options,
         # a JPEG nvjpeg rejects is odd: decode it where a crash or a hang costs only it
         lambda item: isolated_decode(cpu_files, item.index, config.decode_timeout),
     )
@@ -183,11 +188,18 @@ def decode_options(
     return DecodeOptions(stage.transform, config.max_pixels, draft_to, on_device)
 
 
+@dataclass(frozen=True)
+class _Start:
+    """What the encoder is made of: the model, where and how it runs, its batch size."""
+
+    loaded: LoadedModel
+    plan: LoopPlan
+    batch_size: int
+    compile_it: bool  # compiled for full batches
+
+
 def _start_concurrently(
-    loaded: LoadedModel,
-    stage: PixelStage,
-    device: DevicePlan,
-    batch: tuple[int, bool],  # batch size, whether to compile
+    start: _Start,
     batches: Iterator[DecodedBatch],
     decoder: DeviceJpegDecoder | None,  # when it decodes JPEGs: its first call is slow
 ) -> tuple[ImageEncoder, DecodedBatch | None]:
@@ -199,7 +211,7 @@ def _start_concurrently(
     """
 
     def ready() -> ImageEncoder:
-        encoder = _ready_encoder(loaded, stage, device, batch)
+        encoder = _ready_encoder(start)
         if decoder is not None:
             decoder.warm_up()
         return encoder
@@ -228,16 +240,13 @@ def device_decoder_fits(cfg: dict[str, Any]) -> bool:
     return False
 
 
-def _ready_encoder(
-    loaded: LoadedModel, stage: PixelStage, device: DevicePlan, batch: tuple[int, bool]
-) -> ImageEncoder:
+def _ready_encoder(start: _Start) -> ImageEncoder:
     """The encoder, warmed up on a GPU: CUDA's first-call set-up, and compiling when asked.
     (On a CPU a warm-up batch costs as much as a real one: it compiles on the first.)"""
-    batch_size, compile_it = batch
-    encoder = ImageEncoder(
-        loaded.model, stage.mean, stage.std, device, batch_size if compile_it else None
-    )
+    stage, device = start.plan.stage, start.plan.device
+    compile_batch = start.batch_size if start.compile_it else None
+    encoder = ImageEncoder(start.loaded.model, stage.mean, stage.std, device, compile_batch)
     if device.is_cuda:
         side = stage.short_side
-        encoder(torch.zeros((batch_size, side, side, 3), dtype=torch.uint8))
+        encoder(torch.zeros((start.batch_size, side, side, 3), dtype=torch.uint8))
     return encoder

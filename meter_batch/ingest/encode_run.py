@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import faiss
 import numpy as np
@@ -23,7 +23,13 @@ from meter_batch.config import EncodeConfig
 from meter_batch.errors import ConfigError, InputError
 from meter_batch.ingest.changes import Plan, plan_changes
 from meter_batch.ingest.decode import DecodedBatch, split_preprocess
-from meter_batch.ingest.encode_loop import LoopReport, decode_options, encoded_batches
+from meter_batch.ingest.encode_loop import (
+    LoopPlan,
+    LoopReport,
+    LoopWork,
+    decode_options,
+    encoded_batches,
+)
 from meter_batch.ingest.scan import WorkList, collect_work
 from meter_batch.model.encoder import DevicePlan, plan_device
 from meter_batch.model.identity import model_source
@@ -31,14 +37,13 @@ from meter_batch.model.loading import LoadedModel, load_model, load_verified
 from meter_batch.progress import Progress
 from meter_batch.store.catalog import catalog_is_current, refresh_catalog
 from meter_batch.store.commit import (
-    STORE_FILE,
     Store,
     commit,
     locked,
-    new_run_id,
     next_manifest,
     open_existing,
     open_for_write,
+    staged_path,
     update_model_source,
 )
 from meter_batch.store.index import (
@@ -48,23 +53,30 @@ from meter_batch.store.index import (
     remove_ids,
     save_index,
 )
+from meter_batch.store.layout import STORE_FILE, index_file, new_run_id
 from meter_batch.store.read import fetch_rows
-from meter_batch.store.write import FailureRecord, ImageRows, RunWriter
+from meter_batch.store.records import (
+    FailureKind,
+    FailureRecord,
+    RunCounts,
+    RunRecord,
+    Tombstone,
+    TombstoneReason,
+    counts_of,
+    ordered_fields,
+)
+from meter_batch.store.write import ImageRows, RunWriter
 
 log = logging.getLogger("meter_batch")
 
 
-@dataclass(frozen=True)
-class RunSummary:
+@dataclass(frozen=True, kw_only=True)
+class RunSummary(RunCounts):
+    """What `encode` returns, and the CLI prints as one JSON line."""
+
+    FIRST: ClassVar[tuple[str, ...]] = ("run_id", "store")
     run_id: str
     store: str
-    scanned: int
-    encoded: int
-    failed: int
-    skipped: int
-    touched: int
-    superseded: int
-    deleted: int
     commits: int
     seconds: float
     images_per_s: float
@@ -79,7 +91,8 @@ class RunSummary:
     decoder_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        return {name: data[name] for name in ordered_fields(type(self))}
 
 
 def encode(config: EncodeConfig, interactive: bool | None = None) -> RunSummary:
@@ -140,7 +153,7 @@ class _EncodeRun:
         self.writer = RunWriter(store, run_id, store.manifest.next_image_id, config.part_rows)
         self.commits = 0
         self.loop_seconds = 0.0  # decode + encode + writes + commits, without model load / scan
-        self.pending_supersedes: list[tuple[bytes, int | None, str]] = []
+        self.pending_supersedes: list[Tombstone] = []
         self.jpeg_on_device = False
         self.report = LoopReport()
 
@@ -161,13 +174,9 @@ class _EncodeRun:
         self._carry_touched(index)
         loop_started = time.monotonic()
         with Progress(len(self.changes.encode), "encode", interactive) as progress:
-            for batch, embeddings in encoded_batches(
-                self.config,
-                loaded,
-                (stage, options, device),
-                (self.work, self.changes.encode),
-                self.report,
-            ):
+            plan = LoopPlan(stage, options, device)
+            batches = encoded_batches(self.config, loaded, plan, self._todo(), self.report)
+            for batch, embeddings in batches:
                 with self.report.timing("writes"):
                     self._add_batch(batch, embeddings, index)
                 progress.update(len(batch.indices) + len(batch.failures))
@@ -187,12 +196,20 @@ class _EncodeRun:
     def _stored(self, relpath: bytes) -> bytes:
         return self.prefix + relpath
 
+    def _todo(self) -> LoopWork:
+        return LoopWork(self.work, self.changes.encode)
+
+    def _superseded(self, position: int, old_id: int) -> None:
+        relpath = self._stored(self.work.relpath(position))
+        self.pending_supersedes.append(Tombstone(relpath, old_id, TombstoneReason.SUPERSEDED))
+
     def _add_batch(
         self, batch: DecodedBatch, embeddings: np.ndarray | None, index: faiss.IndexIDMap2
     ) -> None:
         failures = [
-            _failure(self.work, d.index, d.kind or "", d.message, self.prefix)
+            _failure(self.work, d.index, d.kind, d.message, self.prefix)
             for d in batch.failures
+            if d.kind is not None
         ]
         self.writer.add_failures(failures)
         if embeddings is not None:
@@ -201,17 +218,15 @@ class _EncodeRun:
         for position in [*batch.indices, *(d.index for d in batch.failures)]:
             old = self.changes.supersedes.get(position)
             if old is not None:
-                self.pending_supersedes.append(
-                    (self._stored(self.work.relpath(position)), old, "superseded")
-                )
+                self._superseded(position, old)
 
     def _carry_touched(self, index: faiss.IndexIDMap2) -> None:
         """Same content under a new mtime: a new row with the old embedding, no decoding."""
         positions = sorted(self.changes.touched)
-        old_rows = fetch_rows(self.store, [self.changes.touched[p][0] for p in positions])
+        old_rows = fetch_rows(self.store, [self.changes.touched[p].old_id for p in positions])
         for position in positions:
-            old_id, digest = self.changes.touched[position]
-            row = old_rows[old_id]
+            touched = self.changes.touched[position]
+            row = old_rows[touched.old_id]
             embedding = np.asarray(row["embedding"], dtype=np.float16)[None, :]
             rows = ImageRows(
                 relpaths=[self._stored(self.work.relpath(position))],
@@ -220,49 +235,49 @@ class _EncodeRun:
                 widths=[int(row["width"])],  # type: ignore[call-overload]
                 heights=[int(row["height"])],  # type: ignore[call-overload]
                 frames=[int(row["frames"])],  # type: ignore[call-overload]
-                hashes=[digest],
+                hashes=[touched.content_hash],
                 embeddings=embedding,
             )
             add_embeddings(index, self.writer.add_images(rows), embedding)
-            self.pending_supersedes.append((rows.relpaths[0], old_id, "superseded"))
+            self._superseded(position, touched.old_id)
 
     def _delete(self, index: faiss.IndexIDMap2) -> None:
-        records = [(self._stored(p), image_id, "deleted") for p, image_id in self.changes.deleted]
-        records += [(self._stored(p), None, "resolved") for p in self.changes.cleared]
+        deleted, resolved = TombstoneReason.DELETED, TombstoneReason.RESOLVED
+        records = [
+            Tombstone(self._stored(g.relpath), g.image_id, deleted) for g in self.changes.deleted
+        ]
+        records += [Tombstone(self._stored(p), None, resolved) for p in self.changes.cleared]
         self.writer.add_tombstones(records)
-        remove_ids(index, [image_id for _, image_id, _ in records if image_id is not None])
+        remove_ids(index, [g.image_id for g in self.changes.deleted])
 
     def _commit(
-        self, index: faiss.IndexIDMap2, final: bool, record: dict[str, Any] | None = None
+        self, index: faiss.IndexIDMap2, final: bool, record: RunRecord | None = None
     ) -> None:
         """Commit what is staged. The index is saved only with the final commit: rewriting it
         every few thousand images would cost more than the encoding; a crash leaves it
         behind the parts, and the next run's `reconcile_index` catches it up."""
         self.writer.add_tombstones(self.pending_supersedes)
-        remove_ids(
-            index, [image_id for _, image_id, _ in self.pending_supersedes if image_id is not None]
-        )
+        remove_ids(index, [t.image_id for t in self.pending_supersedes if t.image_id is not None])
         self.pending_supersedes = []
         staged = self.writer.flush()
         manifest = self.store.manifest
-        seq = manifest.seq + 1
-        index_file, index_relpath = None, manifest.index
+        staged_index, index_relpath = None, manifest.index
         if final:
-            index_relpath = f"index/{seq:012d}.faiss"
-            index_file = self.store.path("staging") / f"{seq:012d}.faiss"
-            save_index(index, index_file)
+            index_relpath = index_file(manifest.seq + 1)
+            staged_index = staged_path(self.store, index_relpath)
+            save_index(index, staged_index)
         changes: dict[str, Any] = {
             "next_image_id": self.writer.next_image_id,
-            "embedding_parts": manifest.embedding_parts + _of(staged, "embeddings/"),
-            "failure_parts": manifest.failure_parts + _of(staged, "failures/"),
-            "tombstone_parts": manifest.tombstone_parts + _of(staged, "tombstones/"),
+            "embedding_parts": manifest.embedding_parts + staged.embeddings,
+            "failure_parts": manifest.failure_parts + staged.failures,
+            "tombstone_parts": manifest.tombstone_parts + staged.tombstones,
             "index": index_relpath,
             "index_current": final,
             "path_prefixes": tuple(sorted({*manifest.path_prefixes, self.config.path_prefix})),
         }
         if record is not None:
             changes["runs"] = (*manifest.runs, record)
-        commit(self.store, next_manifest(self.store, **changes), staged, index_file)
+        commit(self.store, next_manifest(self.store, **changes), staged.files, staged_index)
         self.commits += 1
         refresh_catalog(self.store)  # analysts see a long run's progress; an interrupted
         # first run can be queried
@@ -287,10 +302,6 @@ class _EncodeRun:
             compiled=self.report.compiled,
             decoder_seconds=self.report.decoder_rounded(),
         )
-
-
-def _of(staged: list[str], folder: str) -> tuple[str, ...]:
-    return tuple(p for p in staged if p.startswith(folder) and p.endswith(".parquet"))
 
 
 def _check_images_dir(path: Path) -> Path:
@@ -318,7 +329,7 @@ def _rows(work: WorkList, batch: DecodedBatch, embeddings: np.ndarray, prefix: b
 
 
 def _failure(
-    work: WorkList, position: int, kind: str, message: str, prefix: bytes
+    work: WorkList, position: int, kind: FailureKind, message: str, prefix: bytes
 ) -> FailureRecord:
     return FailureRecord(
         prefix + work.relpath(position),
@@ -331,36 +342,27 @@ def _failure(
 
 def _run_record(
     config: EncodeConfig, device: DevicePlan, run: _EncodeRun, seconds: float
-) -> dict[str, Any]:
-    summary = run.summary(seconds)
-    return {
-        "run_id": run.run_id,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "images_dir": str(config.images_dir.resolve()),
-        "path_prefix": config.path_prefix,
-        "scanned": summary.scanned,
-        "encoded": summary.encoded,
-        "failed": summary.failed,
-        "skipped": summary.skipped,
-        "touched": summary.touched,
-        "superseded": summary.superseded,
-        "deleted": summary.deleted,
-        "seconds": round(seconds, 3),
-        "device": str(device.device),
-        "precision": device.precision,
-        "preprocess_path": "exact" if config.exact else "fast",
-        "jpeg_decode": "device" if run.jpeg_on_device else "workers",
-        "compile": run.report.compiled,
-        "meter_batch_version": __version__,
-    }
+) -> RunRecord:
+    return RunRecord(
+        **counts_of(run.summary(seconds)),
+        run_id=run.run_id,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        images_dir=str(config.images_dir.resolve()),
+        path_prefix=config.path_prefix,
+        seconds=round(seconds, 3),
+        device=str(device.device),
+        precision=device.precision,
+        preprocess_path="exact" if config.exact else "fast",
+        jpeg_decode="device" if run.jpeg_on_device else "workers",
+        compile=run.report.compiled,
+        meter_batch_version=__version__,
+    )
 
 
 def _check_prefix_use(store: Store, prefix: str) -> None:
     """A store holds either one unprefixed root or only prefixed ones: an unprefixed
     root's walk would otherwise see every prefixed path as deleted."""
-    used = set(store.manifest.path_prefixes) | {
-        r.get("path_prefix", "") for r in store.manifest.runs
-    }
+    used = set(store.manifest.path_prefixes) | {r.path_prefix for r in store.manifest.runs}
     if used and ((prefix == "" and used - {""}) or (prefix != "" and "" in used)):
         raise ConfigError(
             f"store {store.root} was encoded with path prefixes {sorted(used)}; "

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from meter_batch.store.records import FailureKind
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
 )
@@ -34,13 +36,9 @@ class ScannedFile:
 
 @dataclass(frozen=True)
 class ScanFailure:
-    relpath: bytes
-    kind: str
+    relpath: bytes  # a folder that could not be listed, or a file that could not be read
+    kind: FailureKind
     message: str
-
-
-def is_image_name(name: bytes) -> bool:
-    return name.lower().endswith(_EXTENSIONS_BYTES)
 
 
 def scan_images(root: Path) -> Iterator[ScannedFile | ScanFailure]:
@@ -90,7 +88,9 @@ class _Walk:
             info = entry.stat()
         except FileNotFoundError:
             if entry.is_symlink():
-                self.failures.append(ScanFailure(relpath, "vanished", "broken symbolic link"))
+                self.failures.append(
+                    ScanFailure(relpath, FailureKind.VANISHED, "broken symbolic link")
+                )
             return  # deleted while we walked: it was never there for this run
         if stat.S_ISREG(info.st_mode):
             self.paths.append(relpath)
@@ -106,8 +106,10 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _kind_of(exc: OSError) -> str:
-    return "permission_denied" if isinstance(exc, PermissionError) else "unreadable"
+def _kind_of(exc: OSError) -> FailureKind:
+    if isinstance(exc, PermissionError):
+        return FailureKind.PERMISSION_DENIED
+    return FailureKind.UNREADABLE
 
 
 @dataclass

@@ -29,6 +29,7 @@ from meter_batch.ingest.decode import (
     configure_decoder_process,
     worker_init,
 )
+from meter_batch.store.records import FailureKind, decoder_fault
 
 log = logging.getLogger("meter_batch")
 PREFETCH = 4
@@ -185,12 +186,12 @@ def isolated_decode(dataset: ImageFiles, position: int, timeout: float) -> Decod
     if result is not None:
         return result
     if hung:
-        message = f"the decoder did not finish within {timeout:g} s (timeout)"
+        what = f"did not finish within {timeout:g} s (timeout)"
     elif process.exitcode is not None and process.exitcode < 0:
-        message = f"the decoder process died (signal {-process.exitcode})"
+        what = f"process died (signal {-process.exitcode})"
     else:
-        message = f"the decoder process exited with code {process.exitcode}"
-    return Decoded(position, kind="decode_error", message=message)
+        what = f"process exited with code {process.exitcode}"
+    return Decoded(position, kind=FailureKind.DECODER_FAULT, message=decoder_fault(what))
 
 
 def _decode_and_send(dataset: ImageFiles, position: int, send: object) -> None:

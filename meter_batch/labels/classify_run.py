@@ -8,13 +8,12 @@ opens an image: the vectors files are all it reads.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute
+import pyarrow.compute as pc
 
 from meter_batch.config import ModelSpec
 from meter_batch.labels.label_sets import LabelSet, load_label_set
@@ -33,13 +32,14 @@ from meter_batch.store.commit import (
     Store,
     commit,
     locked,
-    new_run_id,
     next_manifest,
     open_existing,
     open_store,
     staged_path,
 )
+from meter_batch.store.layout import new_run_id
 from meter_batch.store.read import tombstoned_ids
+from meter_batch.store.records import LabelSetEntry
 from meter_batch.store.vectors import BATCH_ROWS
 
 
@@ -58,6 +58,18 @@ class ClassifySummary:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _Version:
+    """The label-set version being scored; a new one's matrix is still in staging/."""
+
+    entry: LabelSetEntry
+    new: bool
+
+    def matrix_path(self, store: Store) -> Path:
+        relpath = self.entry.matrix
+        return staged_path(store, relpath) if self.new else store.path(relpath)
+
+
 def classify(
     store_root: Path,
     labels_file: Path,
@@ -70,30 +82,27 @@ def classify(
     open_store(store_root)  # fails clearly (and creates nothing) when it is not a store
     with locked(store_root) as lock:
         store = open_existing(store_root, lock)
-        version = label_set.version(store.identity)
-        entry = store.label_set_entry(version) or _new_label_set_entry(
-            store, label_set, version, model
-        )
-        run_id = new_run_id()
-        scorer = Scorer(read_label_matrix(_matrix_path(store, entry)), _settings(entry), BATCH_ROWS)
-        writer = PredictionWriter(store, version, run_id)
+        version = _version(store, label_set, model)
+        entry = version.entry
+        scorer = Scorer(read_label_matrix(version.matrix_path(store)), _settings(entry), BATCH_ROWS)
+        writer = PredictionWriter(store, entry.version, new_run_id())
         abstained = 0
-        todo = store.manifest.next_image_id - entry["scored_below_id"]
+        todo = store.manifest.next_image_id - entry.scored_below_id
         with Progress(todo, "classify", interactive) as progress:
             files = store.live_paths("vectors")
             dead = tombstoned_ids(store)
-            for batch in score_files(files, scorer, entry["scored_below_id"], dead):
+            for batch in score_files(files, scorer, entry.scored_below_id, dead):
                 writer.add(batch)
-                abstained += pc_sum(batch.column("abstained"))
+                abstained += int(pc.sum(batch.column("abstained")).as_py() or 0)
                 progress.update(batch.num_rows)
-        _commit_label_set(store, entry, writer.finish())
+        _commit_label_set(store, version, writer.finish())
         refresh_catalog(store)
     seconds = time.monotonic() - started
     return ClassifySummary(
         store=str(store_root),
         label_set=label_set.name,
-        version=version,
-        logit_scale=entry["logit_scale"],
+        version=entry.version,
+        logit_scale=entry.logit_scale,
         scored=writer.rows,
         abstained=abstained,
         seconds=round(seconds, 3),
@@ -101,58 +110,59 @@ def classify(
     )
 
 
+def _version(store: Store, label_set: LabelSet, model: ModelSpec | None) -> _Version:
+    """The stored entry of this label-set version, or a new one (its matrix staged)."""
+    version = label_set.version(store.identity)
+    entry = store.manifest.label_set(version)
+    if entry is not None:
+        return _Version(entry, new=False)
+    return _Version(_new_label_set_entry(store, label_set, version, model), new=True)
+
+
 def _new_label_set_entry(
     store: Store, label_set: LabelSet, version: str, model: ModelSpec | None
-) -> dict[str, Any]:
+) -> LabelSetEntry:
     """Encode the prompts with the store's model once; the matrix is staged for the commit."""
     loaded = load_verified(store.model_source, store.identity, store.root, model)
     matrix = label_matrix(loaded, label_set)
     prompts = [list(label.prompts) for label in label_set.labels]
     relpath = write_label_matrix(store, version, label_set.label_ids, prompts, matrix)
-    return {
-        "name": label_set.name,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "labels": label_set.label_ids,
-        "templates": list(label_set.templates),
-        "logit_scale": resolve_scale(loaded, label_set),
-        "logit_scale_setting": label_set.logit_scale,
-        "top_k": label_set.top_k,
-        "min_prob": label_set.abstain.min_prob,
-        "min_margin": label_set.abstain.min_margin,
-        "matrix": relpath,
-        "parts": [],
-        "scored_below_id": 0,
-        "new": True,
-    }
-
-
-def _matrix_path(store: Store, entry: dict[str, Any]) -> Path:
-    return staged_path(store, entry["matrix"]) if entry.get("new") else store.path(entry["matrix"])
-
-
-def _settings(entry: dict[str, Any]) -> ScoreSettings:
-    return ScoreSettings(
-        label_set=entry["name"],
-        version=entry["version"],
-        label_ids=tuple(entry["labels"]),
-        scale=float(entry["logit_scale"]),
-        top_k=int(entry["top_k"]),
-        min_prob=float(entry["min_prob"]),
-        min_margin=float(entry["min_margin"]),
+    return LabelSetEntry(
+        name=label_set.name,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+        labels=tuple(label_set.label_ids),
+        templates=label_set.templates,
+        logit_scale=resolve_scale(loaded, label_set),
+        logit_scale_setting=label_set.logit_scale,
+        top_k=label_set.top_k,
+        min_prob=label_set.abstain.min_prob,
+        min_margin=label_set.abstain.min_margin,
+        matrix=relpath,
     )
 
 
-def _commit_label_set(store: Store, entry: dict[str, Any], parts: list[str]) -> None:
-    staged = [*parts, entry["matrix"]] if entry.get("new") else parts
-    updated = {k: v for k, v in entry.items() if k != "new"}
-    updated["parts"] = [*entry["parts"], *parts]
-    updated["scored_below_id"] = store.manifest.next_image_id
-    updated["classified_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
-    others = [e for e in store.manifest.label_sets if e["version"] != entry["version"]]
+def _settings(entry: LabelSetEntry) -> ScoreSettings:
+    return ScoreSettings(
+        label_set=entry.name,
+        version=entry.version,
+        label_ids=entry.labels,
+        scale=float(entry.logit_scale),
+        top_k=int(entry.top_k),
+        min_prob=float(entry.min_prob),
+        min_margin=float(entry.min_margin),
+    )
+
+
+def _commit_label_set(store: Store, version: _Version, parts: list[str]) -> None:
+    entry = version.entry
+    staged = [*parts, entry.matrix] if version.new else parts
+    updated = replace(
+        entry,
+        parts=(*entry.parts, *parts),
+        scored_below_id=store.manifest.next_image_id,
+        classified_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+    )
+    others = [e for e in store.manifest.label_sets if e.version != entry.version]
     manifest = next_manifest(store, label_sets=(*others, updated))
     commit(store, manifest, staged, None)
-
-
-def pc_sum(column: Any) -> int:
-    return int(pa.compute.sum(column).as_py() or 0)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter_batch.store.commit import Store, staged_path, write_error, write_parquet_staged
+from meter_batch.store.layout import label_matrix_file, prediction_part
 
 
 class PredictionWriter:
@@ -59,7 +60,7 @@ class PredictionWriter:
 
     def _open(self, schema: pa.Schema) -> None:
         self._close()
-        relpath = f"predictions/{self.version}/part-{self.run_id}-{len(self.staged):05d}.parquet"
+        relpath = prediction_part(self.version, self.run_id, len(self.staged))
         # lz4: 1.8M rows/s here against zstd's 1.2M, for 15 % larger files
         self._writer = pq.ParquetWriter(staged_path(self.store, relpath), schema, compression="lz4")
         self.staged.append(relpath)
@@ -78,7 +79,7 @@ def write_label_matrix(
     store: Store, version: str, label_ids: list[str], prompts: list[list[str]], matrix: np.ndarray
 ) -> str:
     """Stage the label embedding matrix of a label-set version; returns its relative path."""
-    relpath = f"labelsets/{version}.parquet"
+    relpath = label_matrix_file(version)
     dim = matrix.shape[1]
     flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
     table = pa.table(

@@ -41,12 +41,12 @@ class ModelIdentity:
         return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
 
 
-def model_source(spec: ModelSpec) -> dict[str, Any]:
-    """How to load the store's model again later (classify, search), as absolute paths."""
+def model_source(spec: ModelSpec) -> ModelSpec:
+    """How to load the store's model again later (classify, search): files as absolute
+    paths, names and tags as given."""
 
     def absolute(value: str) -> str:
-        return (
-            str(Path(value).expanduser().resolve()) if Path(value).expanduser().exists() else value
-        )
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() else value
 
-    return {"name": absolute(spec.name), "pretrained": absolute(spec.pretrained), "seed": spec.seed}
+    return ModelSpec(absolute(spec.name), absolute(spec.pretrained), spec.seed)

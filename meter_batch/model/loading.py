@@ -324,14 +324,11 @@ def _preprocess_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_verified(
-    source: dict[str, Any],
-    identity: ModelIdentity,
-    owner: Path,
-    override: ModelSpec | None = None,
+    source: ModelSpec, identity: ModelIdentity, owner: Path, override: ModelSpec | None = None
 ) -> LoadedModel:
     """The model that wrote the store ``owner``: loaded from ``source`` (where the store
     recorded it) or ``override`` (its files moved), and checked against ``identity``."""
-    spec = override or ModelSpec(source["name"], source["pretrained"], source.get("seed", 0))
+    spec = override or source
     try:
         loaded = load_model(spec)
     except ModelError as exc:

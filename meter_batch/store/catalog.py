@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -21,15 +22,16 @@ import pyarrow.parquet as pq
 
 from meter_batch.errors import ConfigError, StoreError
 from meter_batch.store.commit import Store, fsync_dir, open_store
+from meter_batch.store.layout import CATALOG, CATALOG_EMPTY, LiveKind
+from meter_batch.store.records import LabelSetEntry, RunRecord
 from meter_batch.store.schema import (
     FAILURES_SCHEMA,
+    LABEL_SETS_SCHEMA,
+    RUNS_SCHEMA,
     TOMBSTONES_SCHEMA,
     embeddings_schema,
     predictions_schema,
 )
-
-CATALOG = "catalog.duckdb"
-EMPTY_DIR = "catalog-empty"  # schema-only Parquet files standing in for "no parts yet"
 
 
 def sql_root() -> Traversable:
@@ -38,10 +40,6 @@ def sql_root() -> Traversable:
         return resources.files("meter_batch.sql")
     except ModuleNotFoundError:
         return Path(__file__).resolve().parents[2] / "sql"
-
-
-def sql_text(relative: str) -> str:
-    return sql_root().joinpath(relative).read_text(encoding="utf-8")
 
 
 def named_queries() -> dict[str, str]:
@@ -81,7 +79,7 @@ def _view_statements(store: Store) -> list[str]:
         ),
         "failure_files": _file_list(store, "failures", FAILURES_SCHEMA),
         "tombstone_files": _file_list(store, "tombstones", TOMBSTONES_SCHEMA),
-        "prediction_files": _file_list(store, "predictions", _empty_predictions_schema()),
+        "prediction_files": _file_list(store, "predictions", predictions_schema(1)),
     }
     folder = sql_root().joinpath("views")
     statements = []
@@ -94,15 +92,10 @@ def _view_statements(store: Store) -> list[str]:
     return statements
 
 
-def _empty_predictions_schema() -> pa.Schema:
-    schema = predictions_schema(1)
-    return schema
-
-
-def _file_list(store: Store, kind: str, schema: pa.Schema) -> str:
+def _file_list(store: Store, kind: LiveKind, schema: pa.Schema) -> str:
     paths = store.live_paths(kind)
     if not paths:
-        empty = store.root / EMPTY_DIR / f"{kind}.parquet"
+        empty = store.root / CATALOG_EMPTY / f"{kind}.parquet"
         empty.parent.mkdir(exist_ok=True)
         # replaced whole, never rewritten in place: a query of the current catalog reads
         # this file while an encode's next commit rebuilds the catalog
@@ -136,64 +129,18 @@ def _create_tables(con: duckdb.DuckDBPyConnection, store: Store) -> None:
 # counts as stale and the next encode or classify rebuilds it (verify reports it).
 CATALOG_VERSION = 2
 
-RUNS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("finished_at", pa.timestamp("s", tz="UTC")),
-        ("images_dir", pa.string()),
-        ("scanned", pa.int64()),
-        ("encoded", pa.int64()),
-        ("failed", pa.int64()),
-        ("skipped", pa.int64()),
-        ("touched", pa.int64()),
-        ("superseded", pa.int64()),
-        ("deleted", pa.int64()),
-        ("path_prefix", pa.string()),
-        ("seconds", pa.float64()),
-        ("device", pa.string()),
-        ("precision", pa.string()),
-        ("preprocess_path", pa.string()),
-        ("jpeg_decode", pa.string()),  # null for runs older than the GPU decoder
-        ("compile", pa.bool_()),  # null for runs older than --compile
-        ("meter_batch_version", pa.string()),
-    ]
-)
 
-LABEL_SETS_SCHEMA = pa.schema(
-    [
-        ("name", pa.string()),
-        ("version", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("labels", pa.list_(pa.string())),
-        ("templates", pa.list_(pa.string())),
-        ("logit_scale", pa.float64()),
-        ("logit_scale_setting", pa.string()),
-        ("top_k", pa.int64()),
-        ("min_prob", pa.float64()),
-        ("min_margin", pa.float64()),
-        ("scored_below_id", pa.int64()),
-        ("classified_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-
-def _timestamp(value: str) -> Any:
-    from datetime import datetime
-
-    return datetime.fromisoformat(value)
-
-
-def _run_row(run: dict[str, Any]) -> dict[str, Any]:
-    row = {name: run.get(name) for name in RUNS_SCHEMA.names}
-    row["finished_at"] = _timestamp(run["finished_at"])
+def _run_row(run: RunRecord) -> dict[str, Any]:
+    row = {name: getattr(run, name) for name in RUNS_SCHEMA.names}
+    row["finished_at"] = datetime.fromisoformat(run.finished_at)
     return row
 
 
-def _label_set_row(entry: dict[str, Any]) -> dict[str, Any]:
-    row = {name: entry.get(name) for name in LABEL_SETS_SCHEMA.names}
-    row["created_at"] = _timestamp(entry["created_at"])
-    row["classified_at"] = _timestamp(entry.get("classified_at", entry["created_at"]))
-    row["logit_scale_setting"] = json.dumps(entry["logit_scale_setting"])
+def _label_set_row(entry: LabelSetEntry) -> dict[str, Any]:
+    row = {name: getattr(entry, name) for name in LABEL_SETS_SCHEMA.names}
+    row["created_at"] = datetime.fromisoformat(entry.created_at)
+    row["classified_at"] = datetime.fromisoformat(entry.classified_at or entry.created_at)
+    row["logit_scale_setting"] = json.dumps(entry.logit_scale_setting)
     return row
 
 

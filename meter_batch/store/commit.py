@@ -1,13 +1,4 @@
-"""The store on disk: layout, lock, staged part writes, and the manifest commit.
-
-    STORE/
-      store.json                 format version + model identity (+ how to reload it)
-      manifests/<seq>.json       the commit point: which parts and index are live
-      embeddings/part-<run>-<n>.parquet
-      failures/part-<run>-<n>.parquet
-      index/<seq>.faiss          FAISS index of the live embeddings (derived data)
-      staging/                   parts of the run in progress; moved into place at commit
-      .lock
+"""The commit protocol: open or create a store, its lock, staged writes, the manifest.
 
 Readers trust only what the newest manifest lists. Parts are written to staging/,
 fsynced, renamed into place, and only then is the manifest written (temp + rename):
@@ -21,11 +12,9 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,57 +22,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter_batch import faults
+from meter_batch.config import ModelSpec
 from meter_batch.errors import ModelMismatchError, StoreError, StoreLockedError
 from meter_batch.model.identity import ModelIdentity
-from meter_batch.store.schema import FORMAT_VERSION
-from meter_batch.store.vectors import vectors_path
-
-STORE_FILE = "store.json"
-LOCK_FILE = ".lock"
-SUBDIRS = (
-    "manifests",
-    "embeddings",
-    "failures",
-    "tombstones",
-    "index",
-    "labelsets",
-    "predictions",
-    "staging",
+from meter_batch.store.layout import (
+    DATA_FOLDERS,
+    LOCK_FILE,
+    STORE_FILE,
+    Folder,
+    LiveKind,
+    manifest_file,
+    staged_name,
+    vectors_file,
 )
+from meter_batch.store.records import FORMAT_VERSION, Manifest
+
 KEEP_MANIFESTS = 2  # the previous one stays readable for readers that opened it
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """One committed state of the store."""
-
-    seq: int = 0
-    next_image_id: int = 0
-    embedding_parts: tuple[str, ...] = ()
-    failure_parts: tuple[str, ...] = ()
-    tombstone_parts: tuple[str, ...] = ()
-    index: str | None = None
-    index_current: bool = True  # False between a run's intermediate commits and its last
-    path_prefixes: tuple[str, ...] = ()  # every prefix any commit used ("" = unprefixed)
-    runs: tuple[dict[str, Any], ...] = ()
-    label_sets: tuple[dict[str, Any], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        data = {k: v for k, v in data.items() if k != "format_version"}
-        for key in (
-            "embedding_parts",
-            "failure_parts",
-            "tombstone_parts",
-            "runs",
-            "label_sets",
-            "path_prefixes",
-        ):
-            data[key] = tuple(data.get(key, ()))
-        return cls(**data)
 
 
 @dataclass
@@ -92,29 +46,24 @@ class Store:
 
     root: Path
     identity: ModelIdentity
-    model_source: dict[str, Any]
+    model_source: ModelSpec  # where the model was loaded from (absolute paths)
     manifest: Manifest
     lock: BinaryIO | None = field(default=None, repr=False)
 
     def path(self, relative: str) -> Path:
         return self.root / relative
 
-    def live_paths(self, kind: str) -> list[Path]:
-        """Committed files of one kind: embeddings, vectors, failures, predictions."""
+    def live_paths(self, kind: LiveKind) -> list[Path]:
+        """The committed files of one kind, in commit order."""
         manifest = self.manifest
-        if kind == "vectors":
-            return [vectors_path(self.root / p) for p in manifest.embedding_parts]
-        if kind == "predictions":
-            return [self.root / p for entry in manifest.label_sets for p in entry["parts"]]
-        parts = {
+        relpaths = {
             "embeddings": manifest.embedding_parts,
+            "vectors": tuple(vectors_file(p) for p in manifest.embedding_parts),
             "failures": manifest.failure_parts,
             "tombstones": manifest.tombstone_parts,
+            "predictions": tuple(p for entry in manifest.label_sets for p in entry.parts),
         }
-        return [self.root / p for p in parts[kind]]
-
-    def label_set_entry(self, version: str) -> dict[str, Any] | None:
-        return next((e for e in self.manifest.label_sets if e["version"] == version), None)
+        return [self.root / p for p in relpaths[kind]]
 
 
 def open_store(root: Path) -> Store:
@@ -124,7 +73,14 @@ def open_store(root: Path) -> Store:
         identity = ModelIdentity.from_json(info["model"])
     except TypeError as exc:
         raise StoreError(f"{root / STORE_FILE}: unreadable model identity ({exc})") from exc
-    return Store(root, identity, info["model_source"], _latest(root))
+    return Store(root, identity, _model_source(root, info["model_source"]), _latest(root))
+
+
+def _model_source(root: Path, data: Any) -> ModelSpec:
+    try:
+        return ModelSpec(**data)
+    except TypeError as exc:
+        raise StoreError(f"{root / STORE_FILE}: unreadable model_source ({exc})") from exc
 
 
 @contextlib.contextmanager
@@ -199,7 +155,7 @@ def open_existing(root: Path, lock: BinaryIO) -> Store:
 
 
 def open_for_write(
-    root: Path, identity: ModelIdentity, model_source: dict[str, Any], lock: BinaryIO
+    root: Path, identity: ModelIdentity, model_source: ModelSpec, lock: BinaryIO
 ) -> Store:
     """Open (creating if new) a store we hold the lock of; refuse another model's store."""
     if (root / STORE_FILE).exists():
@@ -217,30 +173,32 @@ def open_for_write(
     return store
 
 
-def _create(root: Path, identity: ModelIdentity, model_source: dict[str, Any]) -> Store:
-    info = {"format_version": FORMAT_VERSION, "model": identity.to_json()}
-    info["model_source"] = model_source
+def _create(root: Path, identity: ModelIdentity, model_source: ModelSpec) -> Store:
     try:
-        for sub in SUBDIRS:
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        write_atomic(root / STORE_FILE, lambda f: f.write(_json_bytes(info)))
+        for folder in Folder:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        _write_store_file(root, identity, model_source)
     except OSError as exc:
         raise StoreError(f"cannot create store at {root}: {exc.strerror or exc}") from exc
     return Store(root, identity, model_source, Manifest())
 
 
-def update_model_source(store: Store, model_source: dict[str, Any]) -> None:
+def update_model_source(store: Store, model_source: ModelSpec) -> None:
     """Record where the store's (identical) model is loaded from now."""
-    info = {
-        "format_version": FORMAT_VERSION,
-        "model": store.identity.to_json(),
-        "model_source": model_source,
-    }
     try:
-        write_atomic(store.root / STORE_FILE, lambda f: f.write(_json_bytes(info)))
+        _write_store_file(store.root, store.identity, model_source)
     except OSError as exc:
         raise write_error(store.root / STORE_FILE, exc) from exc
     store.model_source = model_source
+
+
+def _write_store_file(root: Path, identity: ModelIdentity, model_source: ModelSpec) -> None:
+    info = {
+        "format_version": FORMAT_VERSION,
+        "model": identity.to_json(),
+        "model_source": asdict(model_source),
+    }
+    write_atomic(root / STORE_FILE, lambda f: f.write(_json_bytes(info)))
 
 
 def _read_store_file(root: Path) -> dict[str, Any]:
@@ -261,7 +219,7 @@ def _read_store_file(root: Path) -> dict[str, Any]:
 
 
 def _manifest_files(root: Path) -> list[Path]:
-    return sorted((root / "manifests").glob("*.json"))
+    return sorted((root / Folder.MANIFESTS).glob("*.json"))
 
 
 def _latest(root: Path) -> Manifest:
@@ -276,34 +234,39 @@ def _latest(root: Path) -> Manifest:
 
 def _remove_debris(store: Store) -> None:
     """Delete what a crashed run left: staged files and parts no manifest lists."""
-    live = set(store.manifest.embedding_parts) | set(store.manifest.failure_parts)
-    live |= set(store.manifest.tombstone_parts)
-    live |= {str(vectors_path(Path(p))) for p in store.manifest.embedding_parts}
-    live |= {m.index for m in [store.manifest] if m.index}
-    for entry in store.manifest.label_sets:
-        live |= {*entry["parts"], entry["matrix"]}
-    staging = store.root / "staging"
+    live = _live_files(store.manifest)
+    staging = store.root / Folder.STAGING
     if not staging.is_dir() or any(staging.iterdir()):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-    for temp in [*store.root.glob(".*.tmp-*"), *(store.root / "manifests").glob(".*.tmp-*")]:
+    manifests = store.root / Folder.MANIFESTS
+    for temp in [*store.root.glob(".*.tmp-*"), *manifests.glob(".*.tmp-*")]:
         temp.unlink(missing_ok=True)
-    for sub in ("embeddings", "failures", "tombstones", "index", "labelsets", "predictions"):
-        for path in sorted((store.root / sub).rglob("*")):
+    for folder in DATA_FOLDERS:
+        for path in sorted((store.root / folder).rglob("*")):
             relpath = path.relative_to(store.root).as_posix()
-            if path.is_file() and relpath not in live and not _kept_index(store, sub, path):
+            if path.is_file() and relpath not in live and not _kept_index(store, folder, path):
                 path.unlink(missing_ok=True)
 
 
-def _kept_index(store: Store, sub: str, path: Path) -> bool:
+def _live_files(manifest: Manifest) -> set[str]:
+    live = {*manifest.embedding_parts, *manifest.failure_parts, *manifest.tombstone_parts}
+    live |= {vectors_file(p) for p in manifest.embedding_parts}
+    live |= {manifest.index} if manifest.index else set()
+    for entry in manifest.label_sets:
+        live |= {*entry.parts, entry.matrix}
+    return live
+
+
+def _kept_index(store: Store, folder: Folder, path: Path) -> bool:
     """Keep the indexes the kept manifests name: a reader may still have the previous open."""
-    if sub != "index":
+    if folder != Folder.INDEX:
         return False
-    for manifest_file in _manifest_files(store.root):
+    for kept in _manifest_files(store.root):
         try:
             if (
-                json.loads(manifest_file.read_text(encoding="utf-8")).get("index")
-                == f"index/{path.name}"
+                json.loads(kept.read_text(encoding="utf-8")).get("index")
+                == f"{Folder.INDEX}/{path.name}"
             ):
                 return True
         except (OSError, ValueError):
@@ -333,10 +296,12 @@ def write_parquet_staged(store: Store, table: pa.Table, final_relpath: str) -> N
 
 
 def staged_path(store: Store, final_relpath: str) -> Path:
-    return store.root / "staging" / final_relpath.replace("/", "__")
+    return store.root / Folder.STAGING / staged_name(final_relpath)
 
 
-def commit(store: Store, manifest: Manifest, staged: list[str], index_file: Path | None) -> None:
+def commit(
+    store: Store, manifest: Manifest, staged: Sequence[str], index_file: Path | None
+) -> None:
     """Move staged parts (and the new index) into place, then write the manifest: the commit."""
     try:
         folders = set()
@@ -353,7 +318,7 @@ def commit(store: Store, manifest: Manifest, staged: list[str], index_file: Path
             folders.add((store.root / manifest.index).parent)
         for folder in sorted(folders):
             fsync_dir(folder)
-        name = store.root / "manifests" / f"{manifest.seq:012d}.json"
+        name = store.root / manifest_file(manifest.seq)
         write_atomic(name, lambda f: f.write(_json_bytes(manifest.to_json())), "manifest")
         faults.point("committed")
     except OSError as exc:
@@ -399,7 +364,3 @@ def write_error(where: Path, exc: OSError) -> StoreError:
     """One line for a failed store write; ENOSPC is said plainly."""
     reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
     return StoreError(f"writing to {where} failed: {reason}; the last commit is intact")
-
-
-def new_run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"

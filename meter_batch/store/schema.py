@@ -1,10 +1,21 @@
-"""Arrow schemas and column names: the contract between the writer, readers and sql/."""
+"""Arrow schemas: the contract between the writers, the readers and sql/.
+
+Parts (embeddings, failures, tombstones, predictions) have the columns written here;
+the catalog's `runs` and `label_sets` tables take theirs from the records in
+records.py, so a new field of a record is a new column without a second declaration.
+"""
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
 import pyarrow as pa
 
-FORMAT_VERSION = 2  # 2: frames column, pixel policy in the model identity
+from meter_batch.store.records import LabelSetEntry, RunRecord, ordered_fields
+
 CONTENT_HASH_BYTES = 16
 
 # Columns every embeddings part holds; `embedding` is appended with the store's dimension.
@@ -89,3 +100,46 @@ def predictions_schema(top_k: int) -> pa.Schema:
             pa.field("logit_scale", pa.float32(), nullable=False),
         ]
     )
+
+
+_ARROW_TYPES: dict[Any, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    tuple[str, ...]: pa.list_(pa.string()),
+}
+
+
+def record_schema(
+    record: type, overrides: Mapping[str, pa.DataType], leave_out: tuple[str, ...] = ()
+) -> pa.Schema:
+    """A table schema from a record's fields: each hint's Arrow type (``X | None`` as X),
+    or the override (timestamps, JSON text)."""
+    hints = typing.get_type_hints(record)
+    fields = []
+    for name in ordered_fields(record):
+        if name in leave_out:
+            continue
+        kind = overrides.get(name) or _ARROW_TYPES[_without_none(hints[name])]
+        fields.append(pa.field(name, kind))
+    return pa.schema(fields)
+
+
+def _without_none(hint: Any) -> Any:
+    if isinstance(hint, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return options[0] if len(options) == 1 else hint
+    return hint
+
+
+RUNS_SCHEMA = record_schema(RunRecord, {"finished_at": pa.timestamp("s", tz="UTC")})
+LABEL_SETS_SCHEMA = record_schema(
+    LabelSetEntry,
+    {
+        "created_at": pa.timestamp("us", tz="UTC"),
+        "classified_at": pa.timestamp("us", tz="UTC"),
+        "logit_scale_setting": pa.string(),  # JSON: a number or "learned"
+    },
+    leave_out=("matrix", "parts"),
+)

@@ -18,11 +18,6 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 BATCH_ROWS = 4096
-SUFFIX = ".vectors.arrow"
-
-
-def vectors_path(parquet_path: Path) -> Path:
-    return parquet_path.with_name(parquet_path.name.removesuffix(".parquet") + SUFFIX)
 
 
 def vectors_schema(dim: int) -> pa.Schema:

@@ -15,11 +15,11 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from meter_batch.errors import MeterBatchError
-from meter_batch.store.catalog import CATALOG, catalog_is_current
+from meter_batch.store.catalog import catalog_is_current
 from meter_batch.store.commit import Store, open_store
 from meter_batch.store.index import index_ids, load_index
+from meter_batch.store.layout import CATALOG, vectors_file
 from meter_batch.store.read import tombstoned_ids
-from meter_batch.store.vectors import vectors_path
 
 
 def verify(root: Path) -> tuple[list[str], dict[str, int]]:
@@ -54,7 +54,7 @@ def _check_parts(store: Store, problems: list[str]) -> list[int]:
             problems.append(f"{relpath}: unreadable: {exc}")
             continue
         ids += part_ids
-        _check_vectors(part, relpath, part_ids, problems)
+        _check_vectors(store.path(vectors_file(relpath)), relpath, part_ids, problems)
     for relpath in (*store.manifest.failure_parts, *store.manifest.tombstone_parts):
         try:
             pq.ParquetFile(store.path(relpath)).metadata  # noqa: B018 -- reads the footer
@@ -63,9 +63,9 @@ def _check_parts(store: Store, problems: list[str]) -> list[int]:
     return ids
 
 
-def _check_vectors(part: Path, relpath: str, part_ids: list[int], problems: list[str]) -> None:
+def _check_vectors(vectors: Path, relpath: str, part_ids: list[int], problems: list[str]) -> None:
     try:
-        with open(vectors_path(part), "rb") as handle:
+        with open(vectors, "rb") as handle:
             table = ipc.open_file(handle).read_all()
     except (OSError, ValueError) as exc:
         problems.append(f"{relpath}: its vectors file is unreadable: {exc}")
@@ -139,9 +139,9 @@ def _check_catalog(store: Store, live: int, problems: list[str]) -> None:
 
 def _check_label_sets(store: Store, problems: list[str]) -> None:
     for entry in store.manifest.label_sets:
-        for relpath in [entry["matrix"], *entry["parts"]]:
+        for relpath in [entry.matrix, *entry.parts]:
             if not store.path(relpath).is_file():
-                problems.append(f"label set {entry['version']}: {relpath} is missing")
+                problems.append(f"label set {entry.version}: {relpath} is missing")
 
 
 def _few(values: object) -> str:

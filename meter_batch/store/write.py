@@ -1,16 +1,18 @@
-"""Encoded rows and failure records -> staged Parquet parts, with image ids assigned."""
+"""An encode run's rows, failures and tombstones -> staged Parquet parts; image ids
+are assigned here, by the one process that commits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from meter_batch import faults
 from meter_batch.store.commit import Store, staged_path, write_error, write_parquet_staged
+from meter_batch.store.layout import Folder, RunPart, run_part, vectors_file
 from meter_batch.store.read import embedding_matrix
+from meter_batch.store.records import FailureRecord, Tombstone
 from meter_batch.store.schema import (
     FAILURES_SCHEMA,
     TOMBSTONES_SCHEMA,
@@ -18,16 +20,7 @@ from meter_batch.store.schema import (
     embeddings_schema,
     readable_path,
 )
-from meter_batch.store.vectors import vectors_path, write_vectors
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    relpath: bytes
-    kind: str
-    message: str
-    size: int | None = None
-    mtime_ns: int | None = None
+from meter_batch.store.vectors import write_vectors
 
 
 @dataclass(frozen=True)
@@ -44,11 +37,24 @@ class ImageRows:
     embeddings: np.ndarray
 
 
+@dataclass(frozen=True)
+class StagedParts:
+    """What a flush staged: the Parquet parts of each folder, for the manifest, and every
+    file (the parts and their vectors files) for the commit to move into place."""
+
+    embeddings: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()
+    tombstones: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
 @dataclass
 class _Buffer:
+    folder: RunPart
     batches: list[pa.RecordBatch] = field(default_factory=list)
     rows: int = 0
     parts: int = 0
+    staged: list[str] = field(default_factory=list)  # parts since the last flush
 
 
 class RunWriter:
@@ -61,7 +67,9 @@ class RunWriter:
         self.schema = embeddings_schema(self.dim)
         self.staged: list[str] = []
         self.encoded = self.failed = 0
-        self._images, self._failures, self._tombstones = _Buffer(), _Buffer(), _Buffer()
+        self._images = _Buffer(Folder.EMBEDDINGS)
+        self._failures = _Buffer(Folder.FAILURES)
+        self._tombstones = _Buffer(Folder.TOMBSTONES)
 
     def add_images(self, rows: ImageRows) -> np.ndarray:
         """Stage one batch; returns the image ids it was given."""
@@ -69,41 +77,49 @@ class RunWriter:
         ids = np.arange(self.next_image_id, self.next_image_id + count, dtype=np.int64)
         self.next_image_id += count
         self.encoded += count
-        self._append(self._images, self._image_batch(ids, rows), "embeddings")
+        self._append(self._images, self._image_batch(ids, rows))
         return ids
 
     def add_failures(self, records: list[FailureRecord]) -> None:
         if records:
             self.failed += len(records)
-            self._append(self._failures, self._failure_batch(records), "failures")
+            self._append(self._failures, self._failure_batch(records))
 
-    def add_tombstones(self, records: list[tuple[bytes, int | None, str]]) -> None:
-        """End rows: (relpath, image_id or None for a failure, reason)."""
+    def add_tombstones(self, records: list[Tombstone]) -> None:
         if records:
-            self._append(self._tombstones, self._tombstone_batch(records), "tombstones")
+            self._append(self._tombstones, self._tombstone_batch(records))
 
-    def flush(self) -> list[str]:
-        """Write everything buffered; the parts staged since the last flush, for a commit."""
-        self._flush(self._images, "embeddings", self.schema)
-        self._flush(self._failures, "failures", FAILURES_SCHEMA)
-        self._flush(self._tombstones, "tombstones", TOMBSTONES_SCHEMA)
-        staged, self.staged = self.staged, []
+    def flush(self) -> StagedParts:
+        """Write everything buffered; what was staged since the last flush, for a commit."""
+        self._flush(self._images, self.schema)
+        self._flush(self._failures, FAILURES_SCHEMA)
+        self._flush(self._tombstones, TOMBSTONES_SCHEMA)
+        staged = StagedParts(
+            embeddings=tuple(self._images.staged),
+            failures=tuple(self._failures.staged),
+            tombstones=tuple(self._tombstones.staged),
+            files=tuple(self.staged),
+        )
+        self.staged = []
+        for buffer in (self._images, self._failures, self._tombstones):
+            buffer.staged = []
         return staged
 
-    def _append(self, buffer: _Buffer, batch: pa.RecordBatch, kind: str) -> None:
+    def _append(self, buffer: _Buffer, batch: pa.RecordBatch) -> None:
         buffer.batches.append(batch)
         buffer.rows += batch.num_rows
         if buffer.rows >= self.part_rows:
-            self._flush(buffer, kind, batch.schema)
+            self._flush(buffer, batch.schema)
 
-    def _flush(self, buffer: _Buffer, kind: str, schema: pa.Schema) -> None:
+    def _flush(self, buffer: _Buffer, schema: pa.Schema) -> None:
         if not buffer.rows:
             return
-        relpath = f"{kind}/part-{self.run_id}-{buffer.parts:05d}.parquet"
+        relpath = run_part(buffer.folder, self.run_id, buffer.parts)
         table = pa.Table.from_batches(buffer.batches, schema)
         write_parquet_staged(self.store, table, relpath)
+        buffer.staged.append(relpath)
         self.staged.append(relpath)
-        if kind == "embeddings":
+        if buffer.folder == Folder.EMBEDDINGS:
             self.staged.append(write_vectors_staged(self.store, table, relpath))
         buffer.batches, buffer.rows, buffer.parts = [], 0, buffer.parts + 1
 
@@ -125,13 +141,13 @@ class RunWriter:
         ]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
-    def _tombstone_batch(self, records: list[tuple[bytes, int | None, str]]) -> pa.RecordBatch:
-        paths = [readable_path(relpath) for relpath, _, _ in records]
+    def _tombstone_batch(self, records: list[Tombstone]) -> pa.RecordBatch:
+        paths = [readable_path(r.relpath) for r in records]
         columns = [
-            pa.array([image_id for _, image_id, _ in records], pa.int64()),
+            pa.array([r.image_id for r in records], pa.int64()),
             pa.array([p for p, _ in paths], pa.string()),
             pa.array([raw for _, raw in paths], pa.binary()),
-            pa.array([reason for _, _, reason in records], pa.string()),
+            pa.array([r.reason.value for r in records], pa.string()),
             pa.array([self.run_id] * len(records), pa.string()),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=TOMBSTONES_SCHEMA)
@@ -143,7 +159,7 @@ class RunWriter:
             pa.array([raw for _, raw in paths], pa.binary()),
             pa.array([r.size for r in records], pa.int64()),
             pa.array([r.mtime_ns for r in records], pa.int64()),
-            pa.array([r.kind for r in records], pa.string()),
+            pa.array([r.kind.stored for r in records], pa.string()),
             pa.array([r.message for r in records], pa.string()),
             pa.array([self.run_id] * len(records), pa.string()),
         ]
@@ -152,7 +168,7 @@ class RunWriter:
 
 def write_vectors_staged(store: Store, table: pa.Table, parquet_relpath: str) -> str:
     """Stage the scoring copy of a part's embeddings; returns its final relative path."""
-    relpath = str(vectors_path(Path(parquet_relpath)))
+    relpath = vectors_file(parquet_relpath)
     ids = table.column("image_id").to_numpy()
     try:
         write_vectors(staged_path(store, relpath), ids, embedding_matrix(table))

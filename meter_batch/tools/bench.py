@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
+from meter_batch.config import ModelSpec
 from meter_batch.errors import InputError
 from meter_batch.labels.predictions import PredictionWriter
 from meter_batch.labels.scoring import Scorer, ScoreSettings, score_files
@@ -35,11 +36,15 @@ from meter_batch.store.commit import (
     open_for_write,
     open_store,
 )
+from meter_batch.store.records import RunCounts, RunRecord, counts_of
 from meter_batch.store.vectors import BATCH_ROWS
 from meter_batch.store.write import ImageRows, RunWriter
 
 _WRITE_BATCH = 65_536
 MODEL_SECONDS = {True: 5.0, False: 10.0}  # how long model capacity is timed: GPU, CPU
+
+
+SYNTHETIC_MODEL = ModelSpec("synthetic", "none")
 
 
 def synthetic_identity(dim: int) -> ModelIdentity:
@@ -51,7 +56,7 @@ def build_synthetic_store(root: Path, rows: int, dim: int, seed: int = 0) -> Non
     shutil.rmtree(root, ignore_errors=True)
     generator = torch.Generator().manual_seed(seed)
     with locked(root) as lock:
-        store = open_for_write(root, synthetic_identity(dim), {"name": "synthetic"}, lock)
+        store = open_for_write(root, synthetic_identity(dim), SYNTHETIC_MODEL, lock)
         writer = RunWriter(store, "bench", 0, part_rows=250_000)
         for start in range(0, rows, _WRITE_BATCH):
             count = min(_WRITE_BATCH, rows - start)
@@ -59,9 +64,8 @@ def build_synthetic_store(root: Path, rows: int, dim: int, seed: int = 0) -> Non
             unit = torch.nn.functional.normalize(vectors, dim=1).half().numpy()
             writer.add_images(_fake_rows(start, count, unit))
         staged = writer.flush()
-        parts = tuple(p for p in staged if p.startswith("embeddings/") and p.endswith(".parquet"))
-        manifest = next_manifest(store, next_image_id=rows, embedding_parts=parts)
-        commit(store, manifest, staged, None)
+        manifest = next_manifest(store, next_image_id=rows, embedding_parts=staged.embeddings)
+        commit(store, manifest, staged.files, None)
 
 
 def _fake_rows(start: int, count: int, vectors: np.ndarray) -> ImageRows:
@@ -257,8 +261,7 @@ def _store_for_tree(images: Path, root: Path) -> None:
     work = collect_work(images)
     dim = 16
     with locked(root) as lock:
-        source = {"name": "synthetic", "pretrained": "none", "seed": 0}
-        store = open_for_write(root, synthetic_identity(dim), source, lock)
+        store = open_for_write(root, synthetic_identity(dim), SYNTHETIC_MODEL, lock)
         writer = RunWriter(store, "bench", 0, part_rows=250_000)
         for start in range(0, len(work), _WRITE_BATCH):
             stop = min(len(work), start + _WRITE_BATCH)
@@ -277,10 +280,14 @@ def _store_for_tree(images: Path, root: Path) -> None:
                 )
             )
         staged = writer.flush()
-        parts = tuple(p for p in staged if p.startswith("embeddings/") and p.endswith(".parquet"))
-        run = {"run_id": "bench", "finished_at": "2026-01-01T00:00:00+00:00", "path_prefix": ""}
-        manifest = next_manifest(store, next_image_id=len(work), embedding_parts=parts, runs=(run,))
-        commit(store, manifest, staged, None)
+        counts = RunCounts(len(work), len(work), 0, 0, 0, 0, 0)
+        run = RunRecord(
+            **counts_of(counts), run_id="bench", finished_at="2026-01-01T00:00:00+00:00"
+        )
+        manifest = next_manifest(
+            store, next_image_id=len(work), embedding_parts=staged.embeddings, runs=(run,)
+        )
+        commit(store, manifest, staged.files, None)
         refresh_catalog(store)
 
 

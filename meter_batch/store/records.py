@@ -1,0 +1,211 @@
+"""The records that cross module boundaries, and what the manifest holds.
+
+A failure (FailureKind, FailureRecord), a tombstone (Tombstone), an encode run
+(RunCounts, RunRecord), a label-set version (LabelSetEntry), and the manifest that
+lists them. The Arrow schemas of their tables are built from these classes (schema.py),
+so a field is added in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from enum import Enum, StrEnum
+from typing import Any, ClassVar
+
+from meter_batch.errors import StoreError
+
+FORMAT_VERSION = 2  # 2: frames column, pixel policy in the model identity
+
+# A decoder process that crashed or hung is recorded as `decode_error` (the kind users
+# query), with a message that starts with this: the one mark, when a failure is read
+# back, that tells it from corrupt data, which is not retried.
+DECODER_FAULT_PREFIX = "the decoder "
+
+
+class FailureKind(Enum):
+    """Why a file has no embedding. ``stored`` is the `kind` column's text (README's
+    table); ``retried``: whether the next run tries the unchanged file again, because
+    the outcome depends on the machine (a cap, a decoder, permissions, a calm moment)
+    rather than on the file's bytes."""
+
+    UNIDENTIFIED = ("unidentified", False)
+    TRUNCATED = ("truncated", False)
+    DECODE_ERROR = ("decode_error", False)  # corrupt data
+    DECODER_FAULT = ("decode_error", True)  # the decoder process crashed or hung
+    TOO_LARGE = ("too_large", True)
+    UNSUPPORTED_FORMAT = ("unsupported_format", True)
+    VANISHED = ("vanished", True)
+    UNSTABLE = ("unstable", True)
+    PERMISSION_DENIED = ("permission_denied", True)
+    UNREADABLE = ("unreadable", True)
+
+    def __init__(self, stored: str, retried: bool) -> None:
+        self.stored = stored
+        self.retried = retried
+
+    def __str__(self) -> str:
+        return self.stored
+
+    @classmethod
+    def of_stored(cls, kind: str, message: str) -> FailureKind:
+        """The kind of a failure row read back from the store."""
+        if kind == cls.DECODE_ERROR.stored and message.startswith(DECODER_FAULT_PREFIX):
+            return cls.DECODER_FAULT
+        found = next((k for k in cls if k.stored == kind and k is not cls.DECODER_FAULT), None)
+        if found is None:
+            raise StoreError(f"a failure row has the unknown kind {kind!r}")
+        return found
+
+
+def decoder_fault(what: str) -> str:
+    """The message of a DECODER_FAULT: 'the decoder ' + what happened to it."""
+    return DECODER_FAULT_PREFIX + what
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """A file that has no embedding, as a failures part stores it."""
+
+    relpath: bytes  # as stored: with the run's path prefix
+    kind: FailureKind
+    message: str
+    size: int | None = None  # None: a folder that could not be listed
+    mtime_ns: int | None = None
+
+
+class TombstoneReason(StrEnum):
+    DELETED = "deleted"  # the file is gone (or, with no image_id, its standing failure)
+    SUPERSEDED = "superseded"  # a newer row of the same path replaces this one
+    RESOLVED = "resolved"  # a standing failure is over (its folder reads again)
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """Ends an image row, or with ``image_id`` None, a standing failure of ``relpath``."""
+
+    relpath: bytes
+    image_id: int | None
+    reason: TombstoneReason
+
+
+def ordered_fields(cls: type) -> list[str]:
+    """A record's field names, its ``FIRST`` ones first (the order its table shows)."""
+    first: tuple[str, ...] = getattr(cls, "FIRST", ())
+    names = [f.name for f in dataclasses.fields(cls)]
+    return [*first, *(n for n in names if n not in first)]
+
+
+def _without_none(record: Any) -> dict[str, Any]:
+    """asdict in ``ordered_fields`` order, leaving out optional fields that are not set:
+    a record read from an older manifest is written back with the keys it had."""
+    data = asdict(record)
+    return {k: data[k] for k in ordered_fields(type(record)) if data[k] is not None}
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """What one encode run did with the files it saw."""
+
+    scanned: int
+    encoded: int
+    failed: int
+    skipped: int
+    touched: int
+    superseded: int
+    deleted: int
+
+
+def counts_of(counts: RunCounts) -> dict[str, Any]:
+    """The RunCounts fields of a record that has them (a RunSummary), to build another."""
+    return {f.name: getattr(counts, f.name) for f in dataclasses.fields(RunCounts)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord(RunCounts):
+    """One encode run as the manifest keeps it; the catalog's `runs` table shows it."""
+
+    FIRST: ClassVar[tuple[str, ...]] = ("run_id", "finished_at", "images_dir")
+    run_id: str
+    finished_at: str  # ISO 8601, UTC
+    images_dir: str | None = None
+    path_prefix: str = ""
+    seconds: float | None = None
+    device: str | None = None
+    precision: str | None = None
+    preprocess_path: str | None = None  # exact | fast
+    jpeg_decode: str | None = None  # device | workers; None in runs older than the GPU decoder
+    compile: bool | None = None  # None in runs older than --compile
+    meter_batch_version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_none(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LabelSetEntry:
+    """One label-set version in the manifest: its settings, matrix and prediction parts.
+    The catalog's `label_sets` table shows every field but ``matrix`` and ``parts``."""
+
+    name: str
+    version: str
+    created_at: str  # ISO 8601, UTC
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+    logit_scale: float
+    logit_scale_setting: float | str  # as the file said: a number or "learned"
+    top_k: int
+    min_prob: float
+    min_margin: float
+    matrix: str  # the label matrix file
+    parts: tuple[str, ...] = ()
+    scored_below_id: int = 0  # every image below this id is scored
+    classified_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_none(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LabelSetEntry:
+        lists: dict[str, tuple[str, ...]] = {
+            k: tuple(data[k]) for k in ("labels", "templates", "parts") if k in data
+        }
+        return cls(**{**data, **lists})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One committed state of the store: the files that are live, the runs, the label sets."""
+
+    seq: int = 0
+    next_image_id: int = 0
+    embedding_parts: tuple[str, ...] = ()
+    failure_parts: tuple[str, ...] = ()
+    tombstone_parts: tuple[str, ...] = ()
+    index: str | None = None
+    index_current: bool = True  # False between a run's intermediate commits and its last
+    path_prefixes: tuple[str, ...] = ()  # every prefix any commit used ("" = unprefixed)
+    runs: tuple[RunRecord, ...] = ()
+    label_sets: tuple[LabelSetEntry, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["runs"] = [run.to_json() for run in self.runs]
+        data["label_sets"] = [entry.to_json() for entry in self.label_sets]
+        return {"format_version": FORMAT_VERSION, **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        data = {k: v for k, v in data.items() if k != "format_version"}
+        for key in ("embedding_parts", "failure_parts", "tombstone_parts", "path_prefixes"):
+            data[key] = tuple(data.get(key, ()))
+        data["runs"] = tuple(RunRecord.from_json(r) for r in data.get("runs", ()))
+        data["label_sets"] = tuple(LabelSetEntry.from_json(e) for e in data.get("label_sets", ()))
+        return cls(**data)
+
+    def label_set(self, version: str) -> LabelSetEntry | None:
+        return next((e for e in self.label_sets if e.version == version), None)
