@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.config import BenchEncodeSettings, EncodeConfig, ModelSpec
 from meter_batch.ingest.encode_run import encode
 from meter_batch.store.catalog import run_query
-from meter_batch.tools.bench import bench_encode, format_encode_table
+from meter_batch.tools.bench.encode import run as bench_encode
+from meter_batch.tools.bench.encode import table as format_encode_table
 from meter_batch.tools.samples import sample_image
 
 
@@ -151,7 +152,14 @@ def run_variants(images: Path, args: argparse.Namespace, results: list[dict]) ->
     for model, batch, name in plan:
         with variant(name):
             result = bench_encode(
-                images, args.work, ModelSpec(model, "none"), 0, cores, batch, args.device, False
+                BenchEncodeSettings(
+                    images=images,
+                    dir=args.work,
+                    model=ModelSpec(model, "none"),
+                    workers=cores,
+                    batch_size=batch,
+                    device=args.device,
+                )
             )
         result["variant"] = name
         print(json.dumps(result), flush=True)
@@ -281,21 +289,17 @@ def run_plan(images: Path, args: argparse.Namespace, results: list[dict]) -> Non
                 for folder in (images / "640x480", images / "1920x1080" / "00")
             ]
         else:
-            spec = ModelSpec(model, "none")
-            found = [
-                bench_encode(
-                    images,
-                    args.work,
-                    spec,
-                    0,
-                    workers,
-                    batch,
-                    args.device,
-                    False,
-                    jpeg_decode,
-                    compile_it,
-                )
-            ]
+            settings = BenchEncodeSettings(
+                images=images,
+                dir=args.work,
+                model=ModelSpec(model, "none"),
+                workers=workers,
+                batch_size=batch,
+                device=args.device,
+                jpeg_decode=jpeg_decode,
+                compile=compile_it,
+            )
+            found = [bench_encode(settings)]
             print(format_encode_table(found[0]), flush=True)
         for result in found:
             print(json.dumps(result), flush=True)

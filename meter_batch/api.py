@@ -1,4 +1,8 @@
-"""The Python API for notebooks: the CLI's operations as plain functions."""
+"""The Python API for notebooks: the CLI's operations as plain functions.
+
+Keyword arguments are the settings of config.py (``api.encode(..., batch_size=256)``),
+with the same defaults and checks as the CLI's flags and a job file's keys.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from meter_batch.config import EncodeConfig, ModelSpec, default_workers
+from meter_batch.config import EncodeConfig, ModelSpec, SearchSettings, settings_fields
 from meter_batch.errors import ConfigError
 from meter_batch.ingest.encode_run import RunSummary
 from meter_batch.ingest.encode_run import encode as _encode
@@ -18,37 +22,32 @@ from meter_batch.labels.search import Hit
 from meter_batch.labels.search import search as _search
 from meter_batch.store.catalog import run_query
 
+_GIVEN_APART = ("images_dir", "store", "model")  # encode's own arguments, not options
+
 
 def encode(
     images_dir: str | Path,
     store: str | Path,
     *,
-    model: str = "RN50",
-    pretrained: str = "none",
-    batch_size: int = 64,
-    workers: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
+    model: str = ModelSpec.name,
+    pretrained: str = ModelSpec.pretrained,
     progress: bool | None = None,
-    **options: Any,
+    **settings: Any,
 ) -> RunSummary:
     """Encode every image under ``images_dir`` into ``store``; see `meter-batch encode --help`.
-    ``options``: any other EncodeConfig setting (exact, jpeg_decode, compile, commit_every,
-    path_prefix, max_pixels, decode_timeout, part_rows)."""
-    fields = {f.name for f in dataclasses.fields(EncodeConfig)}
-    unknown = sorted(set(options) - fields)
+    ``settings``: any encode setting (batch_size, workers, device, precision, exact, ...);
+    one given as None keeps its default."""
+    valid = [f.name for f in dataclasses.fields(EncodeConfig) if f.name not in _GIVEN_APART]
+    unknown = sorted(set(settings) - set(valid))
     if unknown:
-        valid = ", ".join(sorted(fields - {"images_dir", "store", "model"}))
-        raise ConfigError(f"unknown encode option(s) {', '.join(unknown)}; valid: {valid}")
+        raise ConfigError(
+            f"unknown encode option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
     config = EncodeConfig(
         images_dir=Path(images_dir),
         store=Path(store),
         model=ModelSpec(name=model, pretrained=pretrained),
-        batch_size=batch_size,
-        workers=default_workers() if workers is None else workers,
-        device=device,
-        precision=precision,
-        **options,
+        **{name: value for name, value in settings.items() if value is not None},
     )
     return _encode(config, interactive=progress)
 
@@ -61,7 +60,10 @@ def classify(
 
 
 def search(
-    store: str | Path, text: str | None = None, image: str | Path | None = None, k: int = 20
+    store: str | Path,
+    text: str | None = None,
+    image: str | Path | None = None,
+    k: int = SearchSettings.k,
 ) -> list[Hit]:
     """Nearest stored images to ``text`` or ``image``; see `meter-batch search --help`."""
     return _search(Path(store), text, Path(image) if image is not None else None, k)
@@ -70,3 +72,15 @@ def search(
 def query(store: str | Path, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
     """Run SQL against the store's catalog (read-only), ``params`` bound as $name."""
     return run_query(Path(store), sql, params)
+
+
+def _settings_doc() -> str:
+    lines = [
+        f"    {spec.name}: {details.help}"
+        for spec, details, _ in settings_fields(EncodeConfig)
+        if spec.name not in _GIVEN_APART
+    ]
+    return "\n\nEncode settings:\n" + "\n".join(lines)
+
+
+encode.__doc__ = (encode.__doc__ or "") + _settings_doc()

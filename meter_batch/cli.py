@@ -1,30 +1,45 @@
-"""The command line: parse, call the library, turn run-level errors into one line + exit code."""
+"""The command line: parse, call the library, turn run-level errors into one line + exit code.
+
+A command's options come from its settings dataclass in config.py (``_add_settings``):
+flag, type, choices, default and help are the field's. Only what the terminal alone
+has (output formats, --list, query parameters) is declared here. Library modules are
+imported inside the handlers, so `query` and `verify` load no torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import inspect
 import json
 import logging
-import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import typing
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from meter_batch import __version__
 from meter_batch.config import (
-    DEVICES,
-    JPEG_DECODERS,
-    PRECISIONS,
+    BenchClassifySettings,
+    BenchEncodeSettings,
+    BenchRescanSettings,
+    DemoSettings,
     EncodeConfig,
+    FinetuneOptions,
     ModelSpec,
-    default_workers,
+    SearchSettings,
+    Setting,
+    SynthSettings,
+    setting_of,
 )
 from meter_batch.errors import EXIT_CODES, ConfigError, MeterBatchError, StoreError
 
 Handler = Callable[[argparse.Namespace], int]
+Commands = argparse._SubParsersAction
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,12 +49,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except ConfigError as exc:  # a setting is named as this command's flag for it
+        flags: dict[str, str] = args.flags
+        return _fail(exc.worded(lambda name: flags.get(name, name)), exc.exit_code)
     except MeterBatchError as exc:
-        print(f"meter-batch: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("meter-batch: interrupted; the last commit is intact", file=sys.stderr)
         return 130
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"meter-batch: error: {message}", file=sys.stderr)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,186 +74,169 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"meter-batch {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.set_defaults(flags={})
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    _add_encode(commands)
-    _add_classify(commands)
-    _add_search(commands)
-    _add_query(commands)
-    _add_verify(commands)
-    _add_rebuild_index(commands)
-    _add_run(commands)
-    _add_demo(commands)
-    _add_synth(commands)
-    _add_finetune(commands)
-    _add_bench(commands)
+    for command in _COMMANDS:
+        _add_command(commands, command)
     return parser
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument(
-        "--model",
-        default="RN50" if required else None,
-        help="open_clip architecture name, or a JSON model config file"
-        + (" (default: RN50)" if required else " (default: the store's own model)"),
-    )
-    parser.add_argument(
-        "--pretrained",
-        required=required,
-        help="checkpoint file (.pt/.bin/.safetensors), an open_clip tag found in the local "
-        "cache (e.g. openai), or 'none' for seeded random weights",
-    )
+@dataclass(frozen=True)
+class _Command:
+    """A sub-command: its handler and words, and where its options come from: the fields
+    of ``settings`` (``required``: those the command line must give) and ``arguments``,
+    the options only the terminal has (it returns their field -> flag names)."""
+
+    name: str
+    run: Handler
+    help: str
+    description: str
+    settings: type | None = None
+    required: frozenset[str] = frozenset()
+    arguments: Callable[[argparse.ArgumentParser], dict[str, str]] | None = None
+    children: tuple[_Command, ...] = ()  # a command of commands (bench)
 
 
-def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "encode",
-        help="encode every image under a folder into a store",
-        description="Walk IMAGES_DIR, encode every image once, and commit the embeddings, "
-        "failures and FAISS index into STORE. Prints a one-line JSON summary.",
+def _add_command(commands: Commands, command: _Command) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        command.name, help=command.help, description=command.description
     )
-    parser.add_argument("images_dir", type=Path, metavar="IMAGES_DIR")
-    parser.add_argument("--store", type=Path, required=True, help="store folder (created if new)")
-    _add_model_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=default_workers(),
-        help=f"decoder processes; 0 decodes in the main process (default: {default_workers()})",
-    )
-    parser.add_argument(
-        "--commit-every",
-        type=int,
-        default=10_000,
-        help="commit after this many images, so a crash loses at most that much (default: 10000)",
-    )
-    parser.add_argument(
-        "--prefix",
-        default="",
-        help="store paths as PREFIX + path below IMAGES_DIR (several roots in one store: "
-        "give each its own, e.g. site-a/)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=100_000_000,
-        help="larger images (by their header) are failures of kind too_large (default: 100000000)",
-    )
-    parser.add_argument(
-        "--decode-timeout",
-        type=float,
-        default=60.0,
-        help="seconds one file may take to decode before it is recorded as hung (default: 60)",
-    )
-    parser.add_argument(
-        "--exact",
-        action="store_true",
-        help="decode every JPEG in full (the reference pixels) instead of the fast DCT-scaled "
-        "path for large JPEGs; the store records which path each run used",
-    )
-    parser.add_argument(
-        "--jpeg-decode",
-        choices=JPEG_DECODERS,
-        default="auto",
-        help="where plain JPEGs are decoded: auto = on the GPU (nvjpeg) when the model runs "
-        "on one and not --exact, else by the workers; workers = always PIL in the workers; "
-        "device = on the model's device (default: auto)",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the image encoder (full batches): 5-20 s once per run; RN50's "
-        "encode loop ran 15-24%% faster on 2 CPU cores (BENCHMARKS.md); runs of fewer than "
-        "4 full batches are not compiled",
-    )
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="default: auto")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)",
-    )
-    parser.set_defaults(handler=_run_encode)
+    flags = {}
+    if command.settings is not None:
+        flags = _add_settings(parser, command.settings, command.required)
+    if command.arguments is not None:
+        flags |= command.arguments(parser)
+    parser.set_defaults(handler=command.run, flags=flags, command=command)
+    if command.children:
+        children = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+        for child in command.children:
+            _add_command(children, child)
+
+
+# --- options derived from the settings dataclasses -------------------------------------
+
+
+def _add_settings(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    required: Collection[str] = (),
+    prefix: str = "",
+    optional_model: bool = False,
+) -> dict[str, str]:
+    """An option (or positional) per CLI setting of ``cls``, nested dataclasses flattened;
+    every default is None, so the dataclass's own default applies. Returns field -> flag."""
+    flags: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for spec in _own_fields_first(cls):
+        hint, details = hints[spec.name], setting_of(spec)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            flags |= _add_settings(parser, hint, required, f"{prefix}{spec.name}.", optional_model)
+        elif details is not None and details.cli:
+            dest = prefix + spec.name
+            hidden = optional_model or spec.name in required
+            shown = None if hidden else _shown_default(spec, details)
+            help_text = details.help + (f" (default: {shown})" if shown else "")
+            if optional_model:
+                help_text += " (default: the store's own model)"
+            flags[spec.name] = _add_option(parser, dest, hint, details, help_text, required)
+    return flags
+
+
+def _own_fields_first(cls: type) -> list[dataclasses.Field[Any]]:
+    """A command's own settings (where, what) before those it shares (how)."""
+    own = inspect.get_annotations(cls)
+    fields = dataclasses.fields(cls)
+    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
+
+
+def _add_option(
+    parser: argparse.ArgumentParser,
+    dest: str,
+    hint: Any,
+    details: Setting,
+    help_text: str,
+    required: Collection[str],
+) -> str:
+    kind = _plain_type(hint)
+    options: dict[str, Any] = {"help": help_text.replace("%", "%%")}
+    if details.positional:
+        parser.add_argument(dest, type=kind, metavar=details.positional, **options)
+        return details.positional
+    flag = details.flag or "--" + dest.rpartition(".")[2].replace("_", "-")
+    if kind is bool:
+        options.update(action="store_true", default=None)
+    elif typing.get_origin(kind) is Literal:
+        options.update(choices=typing.get_args(kind), default=None)
+    elif typing.get_origin(kind) is tuple:
+        options.update(action="append", type=typing.get_args(kind)[0], default=None)
+    else:
+        options.update(type=kind, default=None)
+    if "choices" not in options and kind is not bool:  # argparse shows choices itself
+        options["metavar"] = flag.lstrip("-").upper().replace("-", "_")
+    is_required = dest.rpartition(".")[2] in required
+    parser.add_argument(flag, dest=dest, required=is_required, **options)
+    return flag
+
+
+def _plain_type(hint: Any) -> Any:
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    return options[0] if typing.get_origin(hint) is not Literal and len(options) == 1 else hint
+
+
+def _shown_default(spec: dataclasses.Field[Any], details: Setting) -> str | None:
+    if details.shown_default is not None:
+        return details.shown_default
+    value = spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        value = spec.default_factory()
+    if value is dataclasses.MISSING or value is None or value is False or value == "":
+        return None
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _from_args(cls: type[T], args: argparse.Namespace, prefix: str = "") -> T:
+    """The dataclass the options of ``_add_settings`` describe; unset ones keep defaults."""
+    values: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = hints[spec.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            values[spec.name] = _from_args(hint, args, f"{prefix}{spec.name}.")
+        elif getattr(args, prefix + spec.name, None) is not None:
+            value = getattr(args, prefix + spec.name)
+            values[spec.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+# --- encode, classify, search ----------------------------------------------------------
 
 
 def _run_encode(args: argparse.Namespace) -> int:
     from meter_batch.ingest.encode_run import encode
 
-    with _settings_named_as_flags():
-        config = _encode_config(args)
+    config = _from_args(EncodeConfig, args)
     summary = encode(config, interactive=False if args.quiet else None)  # -q: no bar
     print(json.dumps(summary.to_json()))
     return 0
 
 
-@contextmanager
-def _settings_named_as_flags() -> Iterator[None]:
-    """EncodeConfig names its fields as a config file does (path_prefix); on the command
-    line the user typed a flag (--prefix): say that, also for the second setting of a pair
-    ("jpeg_decode 'device' and exact exclude each other")."""
-    try:
-        yield
-    except ConfigError as exc:
-        field, _, rest = str(exc).partition(" ")
-        if _flag_of(field) is None:
-            raise
-        rest = re.sub(  # only the pair's own words, never a value the user typed
-            r"^('[^']*' )?and (\w+)(?= exclude each other)",
-            lambda pair: f"{pair[1] or ''}and {_flag_of(pair[2]) or pair[2]}",
-            rest,
-            count=1,
-        )
-        raise ConfigError(f"{_flag_of(field)} {rest}") from exc
-
-
-def _flag_of(field: str) -> str | None:
-    flags = {"path_prefix": "--prefix", "model": "--model", "pretrained": "--pretrained"}
-    if field in flags:
-        return flags[field]
-    if field in {f.name for f in dataclasses.fields(EncodeConfig)}:
-        return "--" + field.replace("_", "-")
-    return None
-
-
-def _encode_config(args: argparse.Namespace) -> EncodeConfig:
-    return EncodeConfig(
-        images_dir=args.images_dir,
-        store=args.store,
-        model=ModelSpec(name=args.model, pretrained=args.pretrained),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        precision=args.precision,
-        commit_every=args.commit_every,
-        path_prefix=args.prefix,
-        max_pixels=args.max_pixels,
-        decode_timeout=args.decode_timeout,
-        exact=args.exact,
-        jpeg_decode=args.jpeg_decode,
-        compile=args.compile,
-    )
+def _model_override_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    return _add_settings(parser, ModelSpec, prefix="model.", optional_model=True)
 
 
 def _model_override(args: argparse.Namespace) -> ModelSpec | None:
-    if args.model is None and args.pretrained is None:
+    name, pretrained = getattr(args, "model.name"), getattr(args, "model.pretrained")
+    if name is None and pretrained is None:
         return None
-    if args.model is None or args.pretrained is None:
+    if name is None or pretrained is None:
         raise ConfigError("give both --model and --pretrained, or neither (the store's model)")
-    return ModelSpec(name=args.model, pretrained=args.pretrained)
+    return ModelSpec(name=name, pretrained=pretrained)
 
 
-def _add_classify(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "classify",
-        help="score the stored embeddings against a label set (no image is opened)",
-        description="Encode the label set's prompts with the store's model, score every "
-        "stored image not yet scored under this label-set version, and commit the "
-        "predictions. The same file again is a no-op; an edited file is a new version.",
-    )
+def _classify_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--labels", type=Path, required=True, help="label-set TOML file")
-    _add_model_arguments(parser, required=False)
-    parser.set_defaults(handler=_run_classify)
+    return _model_override_arguments(parser)
 
 
 def _run_classify(args: argparse.Namespace) -> int:
@@ -243,25 +248,19 @@ def _run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_search(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "search",
-        help="nearest stored images to a text or an image",
-        description="Top-k stored images by cosine similarity, from the FAISS index.",
-    )
+def _search_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("text", nargs="?", help="query text (or use --image)")
     parser.add_argument("--image", type=Path, help="query image file")
-    parser.add_argument("-k", type=int, default=20, help="results (default: 20)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
-    _add_model_arguments(parser, required=False)
-    parser.set_defaults(handler=_run_search)
+    return _model_override_arguments(parser)
 
 
 def _run_search(args: argparse.Namespace) -> int:
     from meter_batch.labels.search import search
 
-    hits = search(args.store, args.text, args.image, args.k, _model_override(args))
+    k = _from_args(SearchSettings, args).k
+    hits = search(args.store, args.text, args.image, k, _model_override(args))
     if args.format == "json":
         for hit in hits:
             print(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
@@ -272,15 +271,11 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_query(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "query",
-        help="run SQL against the store's DuckDB views",
-        description="Run SQL (or a named query from sql/queries/) against STORE/catalog.duckdb, "
-        "read-only. Views: images, failures, predictions, latest_predictions; tables: "
-        "label_sets, runs. Parameters are bound ($name in the SQL), never spliced in.",
-    )
-    parser.add_argument("store", type=Path, metavar="STORE")
+# --- query, verify, rebuild-index, run: light commands over a store or a job file ------
+
+
+def _query_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    _store_argument(parser)
     parser.add_argument("sql", nargs="?", metavar="SQL")
     parser.add_argument("--named", metavar="NAME", help="a query from sql/queries/ (see --list)")
     parser.add_argument("--list", action="store_true", help="list the named queries")
@@ -289,7 +284,7 @@ def _add_query(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--out", type=Path, help="write the result to this Parquet file")
-    parser.set_defaults(handler=_run_query)
+    return {}
 
 
 def _run_query(args: argparse.Namespace) -> int:
@@ -374,18 +369,13 @@ def _cell(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _add_verify(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "verify",
-        help="check that manifest, parts, FAISS ids and catalog agree",
-        description="List every inconsistency (exit 8), or print the counts (exit 0).",
-    )
+def _store_argument(parser: argparse.ArgumentParser) -> dict[str, str]:
     parser.add_argument("store", type=Path, metavar="STORE")
-    parser.set_defaults(handler=_run_verify)
+    return {}
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from meter_batch.store.commit import STORE_FILE
+    from meter_batch.store.layout import STORE_FILE
     from meter_batch.store.verify import verify
 
     if not (args.store / STORE_FILE).is_file():  # exit 5, as for every other command
@@ -397,16 +387,6 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 8 if problems else 0
 
 
-def _add_rebuild_index(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "rebuild-index",
-        help="recreate the FAISS index from the stored embeddings",
-        description="The index is derived data: rebuild it from the live vectors and commit.",
-    )
-    parser.add_argument("store", type=Path, metavar="STORE")
-    parser.set_defaults(handler=_run_rebuild_index)
-
-
 def _run_rebuild_index(args: argparse.Namespace) -> int:
     from meter_batch.store.rebuild_index import rebuild_index
 
@@ -414,15 +394,9 @@ def _run_rebuild_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "run",
-        help="run a job file: encode each root, classify each label set, refresh the catalog",
-        description="For cron and systemd: see jobs/nightly.toml. Logs to the job's log_file; "
-        "exits 0, or with the failing step's exit code.",
-    )
+def _job_argument(parser: argparse.ArgumentParser) -> dict[str, str]:
     parser.add_argument("job", type=Path, metavar="JOB.toml")
-    parser.set_defaults(handler=_run_job)
+    return {}
 
 
 def _run_job(args: argparse.Namespace) -> int:
@@ -431,31 +405,16 @@ def _run_job(args: argparse.Namespace) -> int:
     return run_job(args.job)
 
 
-def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "demo",
-        help="the shipped meter model on meters it never saw (the README's first command)",
-        description="Render held-out synthetic meters (a seed never used in training), encode "
-        "them with the shipped tiny meter model, classify them with the seed's Japanese labels, "
-        "an English label set phrased unlike any training caption, and a housing-colour set, "
-        "and print a confusion table and the accuracy of each.",
-    )
-    parser.add_argument(
-        "--dir", type=Path, default=Path("demo-output"), help="default: demo-output"
-    )
-    parser.add_argument("--count", type=int, default=600, help="held-out images (default: 600)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="decoders")
-    parser.set_defaults(handler=_run_demo)
+# --- tools: demo, synth, finetune, bench -----------------------------------------------
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from meter_batch.tools.demo import HELD_OUT_SEED, run_demo
 
-    if args.count < 3:
-        raise ConfigError("--count must be >= 3 (one image of each meter type)")
-    results = run_demo(args.dir, args.count, args.workers)
-    store = args.dir / "store"
-    print(f"\n{args.count} held-out synthetic meters (seed {HELD_OUT_SEED}), shipped model")
+    settings = _from_args(DemoSettings, args)
+    results = run_demo(settings.dir, settings.count, settings.workers)
+    store = settings.dir / "store"
+    print(f"\n{settings.count} held-out synthetic meters (seed {HELD_OUT_SEED}), shipped model")
     for result in results:
         print(
             f"\nlabel set {result.label_set}: accuracy {result.accuracy:.1%} "
@@ -471,111 +430,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_synth(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "synth",
-        help="render synthetic meter photos with captions (training or test data)",
-        description="Render COUNT synthetic meters (digital 7-segment, rotary counter, round "
-        "analog; balanced) into OUT/images, with OUT/captions.csv (tab-separated filepath/title, "
-        "English and Japanese captions) and OUT/truth.csv (what each image shows). Image i "
-        "depends only on (seed, i): another seed is a disjoint held-out set.",
-    )
-    parser.add_argument("out", type=Path, metavar="OUT")
-    parser.add_argument("--count", type=int, default=3000, help="images (default: 3000)")
-    parser.add_argument("--seed", type=int, default=0, help="default: 0")
-    parser.add_argument(
-        "--captions-per-image", type=int, default=2, help="caption rows per image (default: 2)"
-    )
-    parser.add_argument("--workers", type=int, default=default_workers(), help="processes")
-    parser.set_defaults(handler=_run_synth)
-
-
 def _run_synth(args: argparse.Namespace) -> int:
     from meter_batch.tools.synthetic import write_synthetic_set
 
-    if args.count < 1 or args.captions_per_image < 1:
-        raise ConfigError("--count and --captions-per-image must be >= 1")
+    settings = _from_args(SynthSettings, args)
     written = write_synthetic_set(
-        args.out, args.count, args.seed, args.captions_per_image, args.workers, progress=True
+        settings.out,
+        settings.count,
+        settings.seed,
+        settings.captions_per_image,
+        settings.workers,
+        progress=True,
     )
-    print(
-        json.dumps(
-            {
-                "images": written.count,
-                "images_dir": str(written.images_dir),
-                "captions_csv": str(written.captions_csv),
-                "truth_csv": str(written.truth_csv),
-            }
-        )
-    )
+    summary = {"images": written.count, "images_dir": str(written.images_dir)}
+    summary |= {"captions_csv": str(written.captions_csv), "truth_csv": str(written.truth_csv)}
+    print(json.dumps(summary))
     return 0
 
 
-def _add_finetune(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "finetune",
-        help="train or fine-tune a CLIP model with open_clip's trainer",
-        description="Run open_clip_train (pip install 'meter_batch[training]') on a caption "
-        "table, then write OUT/model.safetensors and OUT/<architecture>.json: pass them to "
-        "encode as --pretrained and --model.",
-    )
-    parser.add_argument(
-        "train_csv",
-        type=Path,
-        metavar="CAPTIONS_CSV",
-        help="table of (image path, caption), comma- or tab-separated, with a header; relative "
-        "paths are relative to the table's folder",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument(
-        "--model",
-        default="RN50",
-        help="open_clip architecture name, or a JSON model config file (default: RN50)",
-    )
-    parser.add_argument(
-        "--pretrained",
-        default="none",
-        help="starting weights: a local checkpoint, a cached open_clip tag, or none "
-        "(from scratch; default)",
-    )
-    parser.add_argument("--epochs", type=int, default=1, help="default: 1")
-    parser.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (5e-4)")
-    parser.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: 100)")
-    parser.add_argument("--wd", type=float, default=0.1, help="weight decay (default: 0.1)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=int, default=2, help="data loader workers (2)")
-    parser.add_argument("--seed", type=int, default=0, help="default: 0")
-    parser.add_argument("--image-column", default="filepath", help="default: filepath")
-    parser.add_argument("--caption-column", default="title", help="default: title")
-    parser.add_argument(
-        "--half", action="store_true", help="store the weights as float16 (half the size)"
-    )
-    parser.set_defaults(handler=_run_finetune)
-
-
 def _run_finetune(args: argparse.Namespace) -> int:
-    from meter_batch.tools.finetune import FinetuneOptions, finetune
+    from meter_batch.tools.finetune import finetune
 
-    result = finetune(
-        FinetuneOptions(
-            train_csv=args.train_csv,
-            out_dir=args.out,
-            model=args.model,
-            pretrained=args.pretrained,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            warmup=args.warmup,
-            weight_decay=args.wd,
-            device=args.device,
-            workers=args.workers,
-            seed=args.seed,
-            image_column=args.image_column,
-            caption_column=args.caption_column,
-            half=args.half,
-        )
-    )
+    result = finetune(_from_args(FinetuneOptions, args))
     print(json.dumps(dataclasses.asdict(result), default=str))  # paths as text, rows a number
     print(
         f"\nuse it:  meter-batch encode IMAGES_DIR --store STORE "
@@ -584,118 +460,20 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "bench",
-        help="benchmarks that print their figures",
-        description="bench encode: decode capacity, model capacity and end-to-end encode "
-        "on one folder, the bound and the ratio e2e / bound, peak RSS. "
-        "bench classify: synthetic store of random unit vectors; read rate, "
-        "classify rate, their ratio and peak RSS at each N. bench rescan: a no-change encode "
-        "over --files files against a bare os.scandir walk of the same tree.",
-    )
-    parser.add_argument("what", choices=("encode", "classify", "rescan"))
-    parser.add_argument("--dir", type=Path, default=Path("bench-output"), help="scratch folder")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    # Each benchmark's own options default to None: one given to another benchmark is an
-    # error, not silently ignored (`bench classify --count 4` would run the 1M-row bench).
-    for flag, kind, what, meaning in _BENCH_OPTIONS:
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", default=None, help=f"{what}: {meaning}")
-        else:
-            parser.add_argument(flag, type=kind, help=f"{what}: {meaning}", **_extra(flag))
-    parser.set_defaults(handler=_run_bench)
-
-
-_BENCH_OPTIONS: list[tuple[str, Any, str, str]] = [
-    ("--n", int, "classify", "store sizes, repeatable (default: 100000 and 1000000)"),
-    ("--dim", int, "classify", "embedding dimension (default: 1024)"),
-    ("--labels", int, "classify", "labels (default: 10)"),
-    ("--files", int, "rescan", "files (default: 100000)"),
-    ("--images", Path, "encode", "an image folder (default: generate one)"),
-    ("--count", int, "encode", "images to generate (default: 600)"),
-    ("--model", str, "encode", "model (default: RN50)"),
-    ("--pretrained", str, "encode", "weights (default: none)"),
-    ("--workers", int, "encode", "decode workers (default: from the core count)"),
-    ("--batch-size", int, "encode", "batch size (default: 64)"),
-    ("--device", str, "encode", f"one of {', '.join(DEVICES)} (default: auto)"),
-    ("--exact", bool, "encode", "the reference path"),
-    ("--jpeg-decode", str, "encode", f"one of {', '.join(JPEG_DECODERS)} (default: auto)"),
-    ("--compile", bool, "encode", "torch.compile the model"),
-]
-_BENCH_DEFAULTS: dict[str, Any] = {
-    "n": [100_000, 1_000_000], "dim": 1024, "labels": 10, "files": 100_000, "count": 600,
-    "model": "RN50", "pretrained": "none", "batch_size": 64, "device": "auto",
-    "exact": False, "jpeg_decode": "auto", "compile": False,
-}  # fmt: skip
-
-
-def _extra(flag: str) -> dict[str, Any]:
-    choices = {"--device": DEVICES, "--jpeg-decode": JPEG_DECODERS}
-    if flag == "--n":
-        return {"action": "append"}
-    return {"choices": choices[flag]} if flag in choices else {}
-
-
-def _bench_settings(args: argparse.Namespace) -> argparse.Namespace:
-    """The options of ``args.what`` with their defaults; another benchmark's is an error."""
-    for flag, _, what, _ in _BENCH_OPTIONS:
-        name = flag.lstrip("-").replace("-", "_")
-        if what != args.what and getattr(args, name) is not None:
-            raise ConfigError(f"{flag} is an option of `bench {what}`, not `bench {args.what}`")
-        if getattr(args, name) is None:
-            default = default_workers() if name == "workers" else _BENCH_DEFAULTS.get(name)
-            setattr(args, name, default)
-    return args
-
-
-def _bench_encode(*args: Any) -> dict[str, Any]:
-    from meter_batch.tools.bench import bench_encode
-
-    with _settings_named_as_flags():  # its EncodeConfig is built from bench's own flags
-        return bench_encode(*args)
-
-
 def _run_bench(args: argparse.Namespace) -> int:
-    from meter_batch.tools.bench import (
-        bench_classify,
-        bench_rescan,
-        format_classify_table,
-        format_encode_table,
-    )
-
-    args = _bench_settings(args)
-    counts = {"--files": [args.files], "--count": [args.count], "--n": args.n,
-              "--dim": [args.dim], "--labels": [args.labels]}  # fmt: skip
-    for flag, values in counts.items():
-        if any(value < 1 for value in values):
-            raise ConfigError(f"{flag} must be >= 1")
-    if args.what in ("rescan", "encode"):
-        result = (
-            bench_rescan(args.files, args.dir)
-            if args.what == "rescan"
-            else _bench_encode(
-                args.images,
-                args.dir,
-                ModelSpec(args.model, args.pretrained),
-                args.count,
-                args.workers,
-                args.batch_size,
-                args.device,
-                args.exact,
-                args.jpeg_decode,
-                args.compile,
-            )
-        )
-        print(format_encode_table(result) if args.what == "encode" else json.dumps(result))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-    results = bench_classify(args.n, args.dim, args.labels, args.dir)
-    print(format_classify_table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    """Each benchmark module has ``run(settings) -> results`` and ``table(results)``."""
+    command: _Command = args.command
+    bench = importlib.import_module(f"meter_batch.tools.bench.{command.name}")
+    settings: Any = _from_args(command.settings or object, args)
+    results = bench.run(settings)
+    print(bench.table(results))
+    _write_json(settings.json, results)
     return 0
+
+
+def _write_json(path: Path | None, results: object) -> None:
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -713,3 +491,128 @@ def _configure_logging(quiet: bool) -> None:
     logger.propagate = False
     # A root handler stops logging.warning() in libraries from installing a default one.
     logging.getLogger().addHandler(logging.NullHandler())
+
+
+_COMMANDS = (
+    _Command(
+        "encode",
+        _run_encode,
+        help="encode every image under a folder into a store",
+        description="Walk IMAGES_DIR, encode every image once, and commit the embeddings, "
+        "failures and FAISS index into STORE. Prints a one-line JSON summary.",
+        settings=EncodeConfig,
+        required=frozenset({"store", "pretrained"}),
+    ),
+    _Command(
+        "classify",
+        _run_classify,
+        help="score the stored embeddings against a label set (no image is opened)",
+        description="Encode the label set's prompts with the store's model, score every "
+        "stored image not yet scored under this label-set version, and commit the "
+        "predictions. The same file again is a no-op; an edited file is a new version.",
+        arguments=_classify_arguments,
+    ),
+    _Command(
+        "search",
+        _run_search,
+        help="nearest stored images to a text or an image",
+        description="Top-k stored images by cosine similarity, from the FAISS index.",
+        settings=SearchSettings,
+        arguments=_search_arguments,
+    ),
+    _Command(
+        "query",
+        _run_query,
+        help="run SQL against the store's DuckDB views",
+        description="Run SQL (or a named query from sql/queries/) against STORE/catalog.duckdb, "
+        "read-only. Views: images, failures, predictions, latest_predictions; tables: "
+        "label_sets, runs. Parameters are bound ($name in the SQL), never spliced in.",
+        arguments=_query_arguments,
+    ),
+    _Command(
+        "verify",
+        _run_verify,
+        help="check that manifest, parts, FAISS ids and catalog agree",
+        description="List every inconsistency (exit 8), or print the counts (exit 0).",
+        arguments=_store_argument,
+    ),
+    _Command(
+        "rebuild-index",
+        _run_rebuild_index,
+        help="recreate the FAISS index from the stored embeddings",
+        description="The index is derived data: rebuild it from the live vectors and commit.",
+        arguments=_store_argument,
+    ),
+    _Command(
+        "run",
+        _run_job,
+        help="run a job file: encode each root, classify each label set, refresh the catalog",
+        description="For cron and systemd: see jobs/nightly.toml. Logs to the job's log_file; "
+        "exits 0, or with the failing step's exit code.",
+        arguments=_job_argument,
+    ),
+    _Command(
+        "demo",
+        _run_demo,
+        help="the shipped meter model on meters it never saw (the README's first command)",
+        description="Render held-out synthetic meters (a seed never used in training), encode "
+        "them with the shipped tiny meter model, classify them with the seed's Japanese labels, "
+        "an English label set phrased unlike any training caption, and a housing-colour set, "
+        "and print a confusion table and the accuracy of each.",
+        settings=DemoSettings,
+    ),
+    _Command(
+        "synth",
+        _run_synth,
+        help="render synthetic meter photos with captions (training or test data)",
+        description="Render COUNT synthetic meters (digital 7-segment, rotary counter, round "
+        "analog; balanced) into OUT/images, with OUT/captions.csv (tab-separated filepath/title, "
+        "English and Japanese captions) and OUT/truth.csv (what each image shows). Image i "
+        "depends only on (seed, i): another seed is a disjoint held-out set.",
+        settings=SynthSettings,
+    ),
+    _Command(
+        "finetune",
+        _run_finetune,
+        help="train or fine-tune a CLIP model with open_clip's trainer",
+        description="Run open_clip_train (pip install 'meter_batch[training]') on a caption "
+        "table, then write OUT/model.safetensors and OUT/<architecture>.json: pass them to "
+        "encode as --pretrained and --model.",
+        settings=FinetuneOptions,
+        required=frozenset({"out_dir"}),
+    ),
+    _Command(
+        "bench",
+        _run_bench,
+        help="benchmarks that print their figures",
+        description="Benchmarks that print their figures; each has its own options "
+        "(`meter-batch bench encode --help`).",
+        children=(
+            _Command(
+                "encode",
+                _run_bench,
+                help="decode, model and end-to-end encode rates on one folder, against the bound",
+                description="Decode capacity, model capacity and end-to-end encode on one "
+                "folder, the bound and the ratio e2e / bound, peak RSS; the encode settings "
+                "are encode's.",
+                settings=BenchEncodeSettings,
+            ),
+            _Command(
+                "classify",
+                _run_bench,
+                help="read and classify rates over synthetic stores of N vectors",
+                description="A synthetic store of random unit vectors per N; read rate, "
+                "classify rate, their ratio and peak RSS at each N.",
+                settings=BenchClassifySettings,
+            ),
+            _Command(
+                "rescan",
+                _run_bench,
+                help="a no-change encode over many files against a bare walk",
+                description="A no-change encode over --files files against a bare os.scandir "
+                "walk of the same tree.",
+                settings=BenchRescanSettings,
+            ),
+        ),
+    ),
+)

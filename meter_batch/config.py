@@ -1,4 +1,11 @@
-"""Settings as frozen dataclasses. TOML in, unknown keys rejected, values checked."""
+"""Every setting, declared once: a frozen dataclass per command, and the parts they share.
+
+A field's default, help text, CLI flag and checks live in its ``setting(...)``. The CLI's
+options (cli.py), the job file's keys (jobs.py), the Python API's keyword arguments
+(api.py) and `bench`'s options are derived from the fields, so a new setting is one
+line here. TOML in (``from_mapping``), unknown keys rejected, values checked by type.
+This module imports nothing heavy: the CLI builds its parser from it.
+"""
 
 from __future__ import annotations
 
@@ -7,61 +14,139 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
-from meter_batch.errors import ConfigError
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# Where plain JPEGs are decoded. auto: on the model's device when it is a GPU (nvjpeg,
-# 3-5x the CPU workers' rate) unless exact; workers: always by the decode workers (PIL);
-# device: on the model's device even when that is the CPU (torchvision, main process).
-JPEG_DECODERS = ("auto", "workers", "device")
+from meter_batch.errors import ConfigError, SettingName
 
 T = TypeVar("T")
 
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_bool(name: str, value: bool) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false; got {value!r}")
-
-
-def _check_positive(name: str, value: int, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# Where plain JPEGs are decoded. auto: on the model's device when it is a GPU (nvjpeg,
+# 3-5x the CPU workers' rate) unless exact; workers: always by the decode workers (PIL);
+# device: on the model's device even when that is the CPU (torchvision, main process).
+JpegDecode = Literal["auto", "workers", "device"]
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+JPEG_DECODERS: tuple[str, ...] = typing.get_args(JpegDecode)
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Which model encodes: an open_clip architecture (or JSON config) and its weights.
+class Setting:
+    """What a field tells the surfaces besides its name, type and default."""
 
-    ``pretrained`` is a local checkpoint file, an open_clip pretrained tag resolved from
-    the local cache only, or ``"none"`` for a seeded random init (tests, benchmarks).
-    """
-
-    name: str = "RN50"
-    pretrained: str = "none"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ConfigError("model must not be empty")
-        if not self.pretrained:
-            raise ConfigError("pretrained must not be empty (use 'none' for random weights)")
+    help: str
+    flag: str | None = None  # the CLI option, when it is not --field-name
+    positional: str | None = None  # a CLI positional argument, by this metavar
+    cli: bool = True  # False: set from files and the API only
+    minimum: int = 1  # integers (and each item of a tuple of them): at least this
+    check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
+    shown_default: str | None = None  # the default as the help shows it
 
 
-def _check_prefix(prefix: str) -> None:
-    """Paths of a multi-root store are stored as ``<prefix><path below the root>``."""
-    if prefix and (not prefix.endswith("/") or prefix.startswith("/") or "//" in prefix):
-        raise ConfigError(f"path_prefix must look like 'name/' (no leading '/'); got {prefix!r}")
+def setting(
+    help: str,
+    *,
+    default: Any = dataclasses.MISSING,
+    factory: Callable[[], Any] | None = None,
+    **details: Any,
+) -> Any:
+    """A settings field with its Setting; without a default it is required. (Typed Any:
+    the field's annotation types it; type checkers see the default through
+    ``settings``'s dataclass_transform.)"""
+    metadata = {"setting": Setting(help, **details)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@overload
+def settings(cls: type[T], /) -> type[T]: ...
+@overload
+def settings(*, kw_only: bool = False) -> Callable[[type[T]], type[T]]: ...
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(field, setting))
+def settings(cls: Any = None, /, *, kw_only: bool = False) -> Any:
+    """A frozen dataclass of settings (``kw_only``: its own fields by keyword only) whose
+    values are checked on creation (``check_settings``); a ``__post_init__`` of the class
+    (or of a settings class it extends) adds checks across fields, run after those."""
+
+    def make(target: Any) -> Any:
+        across = target.__dict__.get("__post_init__") or getattr(target, "_checks_across", None)
+        target._checks_across = across
+
+        def post_init(self: Any) -> None:
+            check_settings(self)
+            if across is not None:
+                across(self)
+
+        target.__post_init__ = post_init
+        return dataclass(frozen=True, kw_only=kw_only)(target)
+
+    return make if cls is None else make(cls)
+
+
+def setting_of(spec: dataclasses.Field[Any]) -> Setting | None:
+    found = spec.metadata.get("setting")
+    return found if isinstance(found, Setting) else None
+
+
+def settings_fields(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Setting, Any]]:
+    """(field, its Setting, its resolved type hint) for every setting of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        found = setting_of(spec)
+        if found is not None:
+            yield spec, found, hints[spec.name]
+
+
+def check_settings(instance: Any) -> None:
+    """Check every setting's value against its type (and its own check); the first
+    problem is a ConfigError that names the setting, for each surface to word."""
+    for spec, details, hint in settings_fields(type(instance)):
+        problem = value_problem(getattr(instance, spec.name), hint, details)
+        if problem is not None:
+            raise ConfigError(SettingName(spec.name), f" {problem}")
+
+
+def value_problem(value: Any, hint: Any, details: Setting) -> str | None:
+    """What is wrong with ``value`` for a setting of type ``hint``, or None."""
+    if isinstance(hint, types.UnionType) and value is None:
+        return None  # an optional setting left unset
+    kind = _plain(hint)
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            return f"must be one of {', '.join(choices)}; got {value!r}"
+    elif kind is bool and not isinstance(value, bool):
+        return f"must be true or false; got {value!r}"
+    elif kind is int and not _is_integer(value, details.minimum):
+        return f"must be an integer >= {details.minimum}; got {value!r}"
+    elif kind is float and not _is_positive(value):
+        return f"must be a positive number; got {value!r}"
+    elif typing.get_origin(kind) is tuple:
+        bad = [v for v in value if not _is_integer(v, details.minimum)]
+        if bad:
+            return f"must be an integer >= {details.minimum}; got {bad[0]!r}"
+    return details.check(value) if details.check is not None else None
+
+
+def _plain(hint: Any) -> Any:
+    """``X | None`` -> X."""
+    if isinstance(hint, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return options[0] if len(options) == 1 else hint
+    return hint
+
+
+def _is_integer(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def default_workers() -> int:
@@ -69,51 +154,208 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 16))
 
 
-@dataclass(frozen=True)
-class EncodeConfig:
-    """Everything one `encode` run needs."""
+def _not_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
 
-    images_dir: Path
-    store: Path
-    model: ModelSpec = field(default_factory=ModelSpec)
-    batch_size: int = 64
-    workers: int = field(default_factory=default_workers)
-    device: str = "auto"
-    precision: str = "auto"
-    part_rows: int = 50_000
-    commit_every: int = 10_000
-    path_prefix: str = ""
-    max_pixels: int = 100_000_000
-    decode_timeout: float = 60.0
-    exact: bool = False  # True: no JPEG DCT scaling, pixels exactly open_clip's
-    jpeg_decode: str = "auto"  # auto | workers | device (see JPEG_DECODERS)
-    compile: bool = False  # torch.compile the image encoder (full batches)
+
+def _weights_given(value: str) -> str | None:
+    return None if value else "must not be empty (use 'none' for random weights)"
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    """Paths of a multi-root store are stored as ``<prefix><path below the root>``."""
+    if prefix and (not prefix.endswith("/") or prefix.startswith("/") or "//" in prefix):
+        return f"must look like 'name/' (no leading '/'); got {prefix!r}"
+    return None
+
+
+@settings
+class ModelSpec:
+    """Which model encodes: an open_clip architecture (or JSON config) and its weights.
+
+    ``pretrained`` is a local checkpoint file, an open_clip pretrained tag resolved from
+    the local cache only, or ``"none"`` for a seeded random init (tests, benchmarks).
+    """
+
+    name: str = setting(
+        "open_clip architecture name, or a JSON model config file",
+        default="RN50",
+        flag="--model",
+        check=_not_empty,
+    )
+    pretrained: str = setting(
+        "checkpoint file (.pt/.bin/.safetensors), an open_clip tag found in the local cache "
+        "(e.g. openai), or 'none' for seeded random weights",
+        default="none",
+        check=_weights_given,
+    )
+    seed: int = setting(
+        "seed of a random init (pretrained 'none')", default=0, cli=False, minimum=0
+    )
+
+
+@settings
+class EncodeSettings:
+    """How `encode` runs: the [encode] table of a job file, and `bench encode`'s knobs."""
+
+    batch_size: int = setting("images per batch", default=64)
+    workers: int = setting(
+        "decoder processes; 0 decodes in the main process",
+        factory=default_workers,
+        minimum=0,
+        shown_default="CPU cores, at most 16",
+    )
+    device: Device = setting(
+        "where the model runs: CUDA when available, or the CPU", default="auto"
+    )
+    precision: Precision = setting("auto = bf16 autocast on CUDA, fp32 on CPU", default="auto")
+    commit_every: int = setting(
+        "commit after this many images, so a crash loses at most that much",
+        default=10_000,
+    )
+    max_pixels: int = setting(
+        "larger images (by their header) are failures of kind too_large",
+        default=100_000_000,
+    )
+    decode_timeout: float = setting(
+        "seconds one file may take to decode before it is recorded as hung",
+        default=60.0,
+    )
+    exact: bool = setting(
+        "decode every JPEG in full (the reference pixels) instead of the fast DCT-scaled "
+        "path for large JPEGs; the store records which path each run used",
+        default=False,
+    )
+    jpeg_decode: JpegDecode = setting(
+        "where plain JPEGs are decoded: auto = on the GPU (nvjpeg) when the model runs on "
+        "one and not --exact, else by the workers; workers = always PIL in the workers; "
+        "device = on the model's device",
+        default="auto",
+    )
+    compile: bool = setting(
+        "torch.compile the image encoder (full batches): 5-20 s once per run; RN50's "
+        "encode loop ran 15-24% faster on 2 CPU cores (BENCHMARKS.md); runs of fewer than "
+        "4 full batches are not compiled",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
-        _check_bool("exact", self.exact)
-        _check_bool("compile", self.compile)
-        _check_positive("max_pixels", self.max_pixels)
-        if not isinstance(self.decode_timeout, int | float) or self.decode_timeout <= 0:
-            raise ConfigError(
-                f"decode_timeout must be a positive number; got {self.decode_timeout!r}"
-            )
-        _check_positive("batch_size", self.batch_size)
-        _check_positive("commit_every", self.commit_every)
-        _check_prefix(self.path_prefix)
-        _check_positive("workers", self.workers, minimum=0)
-        _check_positive("part_rows", self.part_rows)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("jpeg_decode", self.jpeg_decode, JPEG_DECODERS)
         if self.exact and self.jpeg_decode == "device":
             raise ConfigError(
-                "jpeg_decode 'device' and exact exclude each other: exact "
-                "means open_clip's own (PIL) decoding of every file"
+                SettingName("jpeg_decode"),
+                " 'device' and ",
+                SettingName("exact"),
+                " exclude each other: exact means open_clip's own (PIL) decoding of every file",
             )
+
+    def encode_settings(self) -> dict[str, Any]:
+        """Just these settings of an instance (of a subclass too), to build another."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EncodeSettings)}
+
+
+@settings(kw_only=True)
+class EncodeConfig(EncodeSettings):
+    """Everything one `encode` run needs: what to encode into which store, and how."""
+
+    images_dir: Path = setting("the folder to encode", positional="IMAGES_DIR")
+    store: Path = setting("store folder (created if new)")
+    model: ModelSpec = field(default_factory=ModelSpec)
+    path_prefix: str = setting(
+        "store paths as PREFIX + path below IMAGES_DIR (several roots in one store: give "
+        "each its own, e.g. site-a/)",
+        default="",
+        flag="--prefix",
+        check=_prefix_problem,
+    )
+    part_rows: int = setting("rows per Parquet part", default=50_000, cli=False)
 
     @classmethod
     def from_toml(cls, path: Path) -> EncodeConfig:
         return from_mapping(cls, read_toml(path), where=str(path))
+
+
+@settings
+class SearchSettings:
+    k: int = setting("results", default=20, flag="-k")
+
+
+@settings
+class DemoSettings:
+    dir: Path = setting("folder for the renders and the store", default=Path("demo-output"))
+    count: int = setting(
+        "held-out images (one of each meter type at least)", default=600, minimum=3
+    )
+    workers: int = setting("decoders", factory=default_workers, minimum=0)
+
+
+@settings
+class SynthSettings:
+    out: Path = setting("output folder", positional="OUT")
+    count: int = setting("images", default=3000)
+    seed: int = setting("image i depends only on (seed, i)", default=0, minimum=0)
+    captions_per_image: int = setting("caption rows per image", default=2)
+    workers: int = setting("processes", factory=default_workers)
+
+
+@settings(kw_only=True)
+class FinetuneOptions:
+    """One training run. ``model`` is an open_clip name or a JSON model config."""
+
+    train_csv: Path = setting(
+        "table of (image path, caption), comma- or tab-separated, with a header; "
+        "relative paths are relative to the table's folder",
+        positional="CAPTIONS_CSV",
+    )
+    out_dir: Path = setting("output folder", flag="--out")
+    model: str = setting("open_clip architecture name, or a JSON model config file", default="RN50")
+    pretrained: str = setting(
+        "starting weights: a local checkpoint, a cached open_clip tag, or none (scratch)",
+        default="none",
+    )
+    epochs: int = setting("passes over the table", default=1)
+    batch_size: int = setting("images per step", default=64)
+    lr: float = setting("peak learning rate", default=5e-4)
+    warmup: int = setting("warm-up steps", default=100, minimum=0)
+    weight_decay: float = setting("weight decay", default=0.1, flag="--wd")
+    device: Device = setting("where to train", default="auto")
+    workers: int = setting("data loader workers", default=2, minimum=0)
+    seed: int = setting("training seed", default=0, minimum=0)
+    image_column: str = setting("the table's image path column", default="filepath")
+    caption_column: str = setting("the table's caption column", default="title")
+    half: bool = setting("store the weights as float16 (half the size)", default=False)
+
+
+@settings(kw_only=True)
+class BenchOutput:
+    """What every benchmark shares: its scratch folder and where to write its figures."""
+
+    dir: Path = setting("scratch folder", default=Path("bench-output"))
+    json: Path | None = setting("also write the results here", default=None)
+
+
+@settings(kw_only=True)
+class BenchEncodeSettings(EncodeSettings, BenchOutput):
+    """`bench encode`: the encode settings, on a folder of one's own or a generated one."""
+
+    images: Path | None = setting("an image folder (default: generate one)", default=None)
+    count: int = setting("images to generate", default=600)
+    model: ModelSpec = field(default_factory=ModelSpec)
+
+
+@settings(kw_only=True)
+class BenchClassifySettings(BenchOutput):
+    n: tuple[int, ...] = setting(
+        "store sizes, repeatable",
+        default=(100_000, 1_000_000),
+        shown_default="100000 and 1000000",
+    )
+    dim: int = setting("embedding dimension", default=1024)
+    labels: int = setting("labels", default=10)
+
+
+@settings(kw_only=True)
+class BenchRescanSettings(BenchOutput):
+    files: int = setting("files", default=100_000)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -146,7 +388,9 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
-    except (TypeError, ConfigError) as exc:  # a bad value: say in which file
+    except ConfigError as exc:  # a bad value: say in which file
+        raise exc.prefixed(f"{where}: ") from exc
+    except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
@@ -159,4 +403,6 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             if not isinstance(value, str):
                 raise ConfigError(f"{where}: expected a path string, got {value!r}")
             return Path(value).expanduser()
+        if typing.get_origin(option) is tuple and isinstance(value, list):
+            return tuple(value)
     return value

@@ -12,19 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meter_batch.config import (
-    DEVICES,
-    JPEG_DECODERS,
-    PRECISIONS,
-    EncodeConfig,
-    ModelSpec,
-    _check_bool,
-    _check_choice,
-    _check_positive,
-    default_workers,
-    from_mapping,
-    read_toml,
-)
+from meter_batch.config import EncodeConfig, EncodeSettings, ModelSpec, from_mapping, read_toml
 from meter_batch.errors import ConfigError, MeterBatchError
 
 log = logging.getLogger("meter_batch")
@@ -35,30 +23,6 @@ _JOB_KEYS = ("store", "log_file", "model", "encode", "roots", "classify")
 class Root:
     path: Path
     prefix: str = ""
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    batch_size: int = 64
-    workers: int = field(default_factory=default_workers)
-    device: str = "auto"
-    precision: str = "auto"
-    commit_every: int = 10_000
-    max_pixels: int = 100_000_000
-    decode_timeout: float = 60.0
-    exact: bool = False
-    jpeg_decode: str = "auto"
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        _check_bool("encode.exact", self.exact)
-        _check_bool("encode.compile", self.compile)
-        _check_choice("encode.jpeg_decode", self.jpeg_decode, JPEG_DECODERS)
-        _check_positive("encode.batch_size", self.batch_size)
-        _check_positive("encode.workers", self.workers, minimum=0)
-        _check_positive("encode.commit_every", self.commit_every)
-        _check_choice("encode.device", self.device, DEVICES)
-        _check_choice("encode.precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -76,22 +40,12 @@ class Job:
     log_file: Path | None = None
 
     def encode_configs(self) -> list[EncodeConfig]:
-        settings = self.encode
         return [
             EncodeConfig(
+                **self.encode.encode_settings(),
                 images_dir=root.path,
                 store=self.store,
                 model=self.model,
-                batch_size=settings.batch_size,
-                workers=settings.workers,
-                device=settings.device,
-                precision=settings.precision,
-                commit_every=settings.commit_every,
-                max_pixels=settings.max_pixels,
-                decode_timeout=settings.decode_timeout,
-                exact=settings.exact,
-                jpeg_decode=settings.jpeg_decode,
-                compile=settings.compile,
                 path_prefix=root.prefix,
             )
             for root in self.roots

@@ -10,7 +10,7 @@ import pytest
 
 from meter_batch.cli import main
 from meter_batch.ingest.encode_loop import DECODER_STAGES, STAGES
-from meter_batch.tools import bench
+from meter_batch.tools.bench import encode as bench
 
 
 @pytest.fixture(autouse=True)

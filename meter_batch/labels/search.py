@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meter_batch.config import ModelSpec
+from meter_batch.config import ModelSpec, SearchSettings
 from meter_batch.errors import ConfigError, InputError, StoreError
 from meter_batch.ingest.decode import (
     DecodeOptions,
@@ -37,13 +37,12 @@ def search(
     store_root: Path,
     text: str | None = None,
     image: Path | None = None,
-    k: int = 20,
+    k: int = SearchSettings.k,
     model: ModelSpec | None = None,
 ) -> list[Hit]:
     if (text is None) == (image is None):
         raise ConfigError("search needs exactly one of a text or --image PATH")
-    if k < 1:
-        raise ConfigError(f"k must be >= 1; got {k}")
+    SearchSettings(k)  # checked as the CLI and the API check it
     store = open_store(store_root)
     if not store.manifest.index:
         raise StoreError(f"{store_root} has no committed index yet: run encode first")

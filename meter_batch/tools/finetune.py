@@ -25,9 +25,9 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
+from meter_batch.config import FinetuneOptions
 from meter_batch.errors import ConfigError, InputError, ModelError
 from meter_batch.model.loading import (
-    NO_WEIGHTS,
     read_state_dict,
     resolve_architecture,
     resolve_weights,
@@ -37,38 +37,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMN = "filepath"  # open_clip_train's default column names
 CAPTION_COLUMN = "title"
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    """One training run. ``model`` is an open_clip name or a JSON model config."""
-
-    train_csv: Path
-    out_dir: Path
-    model: str = "RN50"
-    pretrained: str = NO_WEIGHTS
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup: int = 100
-    weight_decay: float = 0.1
-    device: str = "auto"  # auto | cpu | cuda
-    workers: int = 2
-    seed: int = 0
-    image_column: str = IMAGE_COLUMN
-    caption_column: str = CAPTION_COLUMN
-    half: bool = False  # store the weights as float16 (half the file size)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be one of auto, cpu, cuda, not {self.device!r}")
-        if self.lr <= 0:
-            raise ConfigError("lr must be > 0")
-        if self.warmup < 0 or self.workers < 0:
-            raise ConfigError("warmup and workers must be >= 0")
 
 
 def _make_out_dir(folder: Path) -> None:

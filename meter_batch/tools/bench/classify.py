@@ -1,0 +1,161 @@
+"""`meter-batch bench classify`: a synthetic store of N random unit vectors written through
+the real write path, then, in a fresh process per N so peak RSS is the scorer's own:
+the read rate of the stored vectors alone, the classify rate (score + write predictions),
+their ratio, and peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import torch
+
+from meter_batch.config import BenchClassifySettings
+from meter_batch.labels.predictions import PredictionWriter
+from meter_batch.labels.scoring import Scorer, ScoreSettings, score_files
+from meter_batch.store.commit import (
+    Store,
+    commit,
+    locked,
+    next_manifest,
+    open_for_write,
+    open_store,
+)
+from meter_batch.store.layout import Folder
+from meter_batch.store.vectors import BATCH_ROWS
+from meter_batch.store.write import RunWriter
+from meter_batch.tools.bench.common import (
+    SYNTHETIC_MODEL,
+    WRITE_BATCH,
+    fake_rows,
+    peak_rss_mib,
+    synthetic_identity,
+)
+
+
+def build_synthetic_store(root: Path, rows: int, dim: int, seed: int = 0) -> None:
+    """N random unit float16 vectors, committed through RunWriter + the manifest commit."""
+    shutil.rmtree(root, ignore_errors=True)
+    generator = torch.Generator().manual_seed(seed)
+    with locked(root) as lock:
+        store = open_for_write(root, synthetic_identity(dim), SYNTHETIC_MODEL, lock)
+        writer = RunWriter(store, "bench", 0, part_rows=250_000)
+        for start in range(0, rows, WRITE_BATCH):
+            count = min(WRITE_BATCH, rows - start)
+            vectors = torch.randn(count, dim, generator=generator)
+            unit = torch.nn.functional.normalize(vectors, dim=1).half().numpy()
+            writer.add_images(fake_rows(start, count, unit))
+        staged = writer.flush()
+        manifest = next_manifest(store, next_image_id=rows, embedding_parts=staged.embeddings)
+        commit(store, manifest, staged.files, None)
+
+
+def measure_scoring(root: Path, labels: int) -> dict[str, Any]:
+    """Read rate and classify rate over a store, with the files in the page cache (warm)
+    and evicted from it (cold, as after a reboot); run in a fresh process for honest RSS."""
+    store = open_store(root)
+    files = store.live_paths("vectors")
+    dim = store.identity.embed_dim
+    matrix = torch.nn.functional.normalize(torch.randn(labels, dim), dim=1).numpy()
+    settings = ScoreSettings("bench", "bench", tuple(f"label-{i}" for i in range(labels)), 100.0, 3)
+    result: dict[str, Any] = {}
+    for cache in ("warm", "cold"):
+        _evict(files) if cache == "cold" else _read_all(files)
+        rows, read_s = _read_all(files)
+        _evict(files) if cache == "cold" else None
+        classify_s = _classify_all(store, files, Scorer(matrix, settings, BATCH_ROWS))
+        result.update(
+            {
+                "n": rows,
+                f"{cache}_read_per_s": round(rows / read_s),
+                f"{cache}_classify_per_s": round(rows / classify_s),
+                f"{cache}_ratio": round(read_s / classify_s, 3),
+            }
+        )
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def _classify_all(store: Store, files: list[Path], scorer: Scorer) -> float:
+    (store.root / Folder.STAGING).mkdir(exist_ok=True)
+    started = time.perf_counter()
+    writer = PredictionWriter(store, "bench", "bench")
+    for batch in score_files(files, scorer):
+        writer.add(batch)
+    writer.finish()
+    seconds = time.perf_counter() - started
+    shutil.rmtree(store.root / Folder.STAGING, ignore_errors=True)
+    return seconds
+
+
+def _evict(files: list[Path]) -> None:
+    """Drop the files' pages from the page cache, so the next read comes from the disk."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _read_all(files: list[Path]) -> tuple[int, float]:
+    """Rows/s of reading the vector bytes alone (every record batch brought into memory)."""
+    started, rows = time.perf_counter(), 0
+    for path in files:
+        with pa.OSFile(str(path), "rb") as source:
+            reader = ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                rows += reader.get_batch(i).num_rows
+    return rows, time.perf_counter() - started
+
+
+def run(settings: BenchClassifySettings) -> list[dict[str, Any]]:
+    results = []
+    dim, labels = settings.dim, settings.labels
+    for rows in settings.n:
+        root = settings.dir / f"store-{rows}"
+        started = time.perf_counter()
+        build_synthetic_store(root, rows, dim)
+        build_s = time.perf_counter() - started
+        child = subprocess.run(
+            [sys.executable, "-m", "meter_batch.tools.bench.classify", str(root), str(labels)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        result.update(dim=dim, labels=labels, build_s=round(build_s, 1))
+        results.append(result)
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    header = f"{'N':>10} {'cache':>5} {'read/s':>11} {'classify/s':>11} {'ratio':>6}"
+    header += f" {'peak RSS MiB':>13}"
+    lines = [header]
+    for r in results:
+        for cache in ("warm", "cold"):
+            lines.append(
+                f"{r['n']:>10,} {cache:>5} {r[cache + '_read_per_s']:>11,} "
+                f"{r[cache + '_classify_per_s']:>11,} {r[cache + '_ratio']:>6.3f} "
+                f"{r['peak_rss_mib']:>13,.1f}"
+            )
+    if len(results) >= 2:
+        growth = results[-1]["peak_rss_mib"] / results[0]["peak_rss_mib"]
+        lines.append(f"peak RSS at N={results[-1]['n']:,} / N={results[0]['n']:,}: {growth:.3f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the scoring half, in its own process
+    print(json.dumps(measure_scoring(Path(sys.argv[1]), int(sys.argv[2]))))
