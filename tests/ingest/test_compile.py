@@ -5,28 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.config import EncodeConfig
 from meter_batch.errors import ConfigError
-from meter_batch.ingest.encode_run import encode
 from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import open_store
-
-
-def _encode(images: Path, store: Path, model: Path, batch: int = 2, **kw):  # type: ignore[no-untyped-def]
-    config = EncodeConfig(images_dir=images, store=store, model=ModelSpec(str(model), "none"),
-                          workers=0, batch_size=batch, **kw)  # fmt: skip
-    return encode(config, interactive=False)
-
-
-def _vectors(store: Path) -> dict[str, np.ndarray]:
-    rows = run_query(store, "SELECT path, embedding FROM images").to_pylist()
-    return {r["path"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
+from tests.helpers import encode_images, stored_vectors
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -36,10 +24,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def _counting_compile(monkeypatch: pytest.MonkeyPatch, calls: list[int], broken: bool) -> None:
     real = torch.compile
 
-    def fake(fn, **kwargs):  # type: ignore[no-untyped-def]
+    def fake(fn, **kwargs):
         compiled = real(fn, **kwargs)
 
-        def call(images):  # type: ignore[no-untyped-def]
+        def call(images):
             calls.append(images.shape[0])
             if broken:
                 raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore")
@@ -55,16 +43,18 @@ def _counting_compile(monkeypatch: pytest.MonkeyPatch, calls: list[int], broken:
 )
 def test_compiled_batches_embed_like_eager_ones(tmp_path, image_dir, configs, monkeypatch):
     images, paths = image_dir  # 14 images in batches of 2: seven full batches
-    eager = _encode(images, tmp_path / "eager", configs["vit"])
+    eager = encode_images(images, tmp_path / "eager", configs["vit"], workers=0, batch_size=2)
     calls: list[int] = []
     _counting_compile(monkeypatch, calls, broken=False)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    compiled = _encode(images, tmp_path / "compiled", configs["vit"], compile=True)
+    compiled = encode_images(
+        images, tmp_path / "compiled", configs["vit"], workers=0, batch_size=2, compile=True
+    )
     assert calls == [2] * 7  # every batch went through the compiled function ...
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # ... compiled
     assert compiled.encoded == eager.encoded == len(paths) == 14
     assert compiled.compiled is True and eager.compiled is False
-    ours, reference = _vectors(tmp_path / "compiled"), _vectors(tmp_path / "eager")
+    ours, reference = stored_vectors(tmp_path / "compiled"), stored_vectors(tmp_path / "eager")
     assert sorted(ours) == sorted(reference) == sorted(paths)
     cosines = [_cosine(ours[p], reference[p]) for p in paths]
     assert min(cosines) > 0.9999
@@ -73,15 +63,17 @@ def test_compiled_batches_embed_like_eager_ones(tmp_path, image_dir, configs, mo
 
 def test_a_failing_compile_falls_back_to_eager(tmp_path, image_dir, configs, monkeypatch, caplog):
     images, paths = image_dir
-    eager = _encode(images, tmp_path / "eager", configs["vit"])
+    eager = encode_images(images, tmp_path / "eager", configs["vit"], workers=0, batch_size=2)
     calls: list[int] = []
     _counting_compile(monkeypatch, calls, broken=True)
     with caplog.at_level(logging.WARNING, logger="meter_batch"):
-        summary = _encode(images, tmp_path / "fallback", configs["vit"], compile=True)
+        summary = encode_images(
+            images, tmp_path / "fallback", configs["vit"], workers=0, batch_size=2, compile=True
+        )
     assert calls == [2]  # tried once, then never again
     assert summary.encoded == eager.encoded == 14 and summary.failed == 0
     assert summary.compiled is False  # what happened, not what was asked
-    ours, reference = _vectors(tmp_path / "fallback"), _vectors(tmp_path / "eager")
+    ours, reference = stored_vectors(tmp_path / "fallback"), stored_vectors(tmp_path / "eager")
     assert all(np.array_equal(ours[p], reference[p]) for p in paths)
     query = "SELECT preprocess_path, jpeg_decode, compile FROM runs"  # what analysts see
     assert run_query(tmp_path / "fallback", query).to_pylist() == [
@@ -99,7 +91,9 @@ def test_a_run_of_few_batches_is_not_compiled(tmp_path, image_dir, configs, monk
     calls: list[int] = []
     _counting_compile(monkeypatch, calls, broken=False)
     with caplog.at_level(logging.INFO, logger="meter_batch"):
-        summary = _encode(images, tmp_path / "s", configs["vit"], batch=4, compile=True)
+        summary = encode_images(
+            images, tmp_path / "s", configs["vit"], workers=0, batch_size=4, compile=True
+        )
     assert calls == [] and summary.compiled is False and summary.encoded == 14
     assert "not compiling: 14 images are fewer than 4 full batches of 4" in caplog.text
 

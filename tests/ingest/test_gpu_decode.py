@@ -12,28 +12,16 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.config import EncodeConfig
 from meter_batch.errors import ConfigError
 from meter_batch.ingest import encode_loop, gpu_decode
 from meter_batch.ingest.decode import Decoded, DecodeOptions, ImageFiles, collate_decoded
-from meter_batch.ingest.encode_run import encode
 from meter_batch.ingest.scan import collect_work
 from meter_batch.ingest.workers import isolated_decode
 from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import open_store
 from meter_batch.store.records import FailureKind
-from tests.conftest import make_images
-from tests.test_odd_files import arrow_picture
-
-
-def _encode(images: Path, store: Path, model: Path, **kw):  # type: ignore[no-untyped-def]
-    config = EncodeConfig(images_dir=images, store=store, model=ModelSpec(str(model), "none"), **kw)
-    return encode(config, interactive=False)
-
-
-def _vectors(store: Path) -> dict[str, np.ndarray]:
-    rows = run_query(store, "SELECT path, embedding FROM images").to_pylist()
-    return {r["path"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
+from tests.helpers import arrow_picture, encode_images, make_images, stored_vectors
 
 
 @pytest.fixture
@@ -49,22 +37,24 @@ def test_device_decoded_jpegs_embed_like_the_reference(tmp_path, jpeg_dir, confi
     decoded: list[int] = []
     real = gpu_decode.DeviceJpegDecoder._decode
 
-    def counting(self, tensors):  # type: ignore[no-untyped-def]
+    def counting(self, tensors):
         decoded.append(len(tensors))
         return real(self, tensors)
 
     monkeypatch.setattr(gpu_decode.DeviceJpegDecoder, "_decode", counting)
-    device = _encode(jpeg_dir, tmp_path / "dev", configs["vit"], workers=2, jpeg_decode="device")
+    device = encode_images(
+        jpeg_dir, tmp_path / "dev", configs["vit"], workers=2, jpeg_decode="device"
+    )
     jpegs = [p for p in jpeg_dir.rglob("*.jpg")]
     assert sum(decoded) == len(jpegs) >= 5  # every JPEG here is plain: all went to the device
-    exact = _encode(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0, exact=True)
+    exact = encode_images(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0, exact=True)
     assert device.encoded == exact.encoded == 15 and device.failed == 0
-    ours, reference = _vectors(tmp_path / "dev"), _vectors(tmp_path / "ref")
+    ours, reference = stored_vectors(tmp_path / "dev"), stored_vectors(tmp_path / "ref")
     assert sorted(ours) == sorted(reference)
     cosines = [float(ours[p] @ reference[p]) for p in reference]
     assert min(cosines) >= 0.995 and float(np.mean(cosines)) >= 0.999
     assert open_store(tmp_path / "dev").manifest.runs[-1].jpeg_decode == "device"
-    auto = _encode(jpeg_dir, tmp_path / "auto", configs["vit"], workers=0)
+    auto = encode_images(jpeg_dir, tmp_path / "auto", configs["vit"], workers=0)
     # auto on a CPU: PIL in the workers
     assert open_store(tmp_path / "auto").manifest.runs[-1].jpeg_decode == "workers"
     assert auto.encoded == 15
@@ -75,7 +65,7 @@ def test_files_the_device_decoder_rejects_are_decoded_on_the_cpu(
 ):
     real = gpu_decode.DeviceJpegDecoder._decode
 
-    def picky(self, tensors):  # type: ignore[no-untyped-def]
+    def picky(self, tensors):
         if len(tensors) > 1 or int(tensors[0].numel()) % 2:  # batches, and odd-sized files
             raise RuntimeError("nvjpeg says no")
         return real(self, tensors)
@@ -84,15 +74,17 @@ def test_files_the_device_decoder_rejects_are_decoded_on_the_cpu(
     fallbacks: list[int] = []
     real_isolated = encode_loop.isolated_decode
 
-    def counted_isolated(dataset, position, timeout):  # type: ignore[no-untyped-def]
+    def counted_isolated(dataset, position, timeout):
         fallbacks.append(position)
         return real_isolated(dataset, position, timeout)
 
     monkeypatch.setattr(encode_loop, "isolated_decode", counted_isolated)
-    summary = _encode(jpeg_dir, tmp_path / "dev", configs["vit"], workers=0, jpeg_decode="device")
-    reference = _encode(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0)
+    summary = encode_images(
+        jpeg_dir, tmp_path / "dev", configs["vit"], workers=0, jpeg_decode="device"
+    )
+    reference = encode_images(jpeg_dir, tmp_path / "ref", configs["vit"], workers=0)
     assert summary.encoded == reference.encoded == 15 and summary.failed == 0
-    ours, theirs = _vectors(tmp_path / "dev"), _vectors(tmp_path / "ref")
+    ours, theirs = stored_vectors(tmp_path / "dev"), stored_vectors(tmp_path / "ref")
     odd = [p for p in theirs if p.endswith(".jpg") and (jpeg_dir / p).stat().st_size % 2]
     assert len(fallbacks) == len(odd) > 0  # exactly those took the isolated CPU path ...
     for path in odd:  # ... and came out exactly like the workers' PIL decoding
@@ -118,6 +110,7 @@ def test_resize_crop_matches_torchvision_geometry():
         gpu_decode.GROUP = decoder_chunks
     for original, crop in zip(images, crops, strict=True):
         assert crop is not None and torch.equal(crop, decoder.resize_crop(original[None])[0])
+    assert crops[0] is not None and crops[2] is not None  # as the loop checked; for mypy
     assert not torch.equal(crops[0], crops[2])
 
 
@@ -157,7 +150,9 @@ GEOMETRIES = [
 def test_resize_crop_resizes_only_what_the_crop_keeps(height, width, side):
     generator = torch.Generator().manual_seed(height * 10_000 + width)
     noise = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8, generator=generator)
-    decoder = gpu_decode.DeviceJpegDecoder(torch.device("cpu"), side, DecodeOptions(None, 10**8))
+    decoder = gpu_decode.DeviceJpegDecoder(
+        torch.device("cpu"), side, DecodeOptions(lambda image: image, 10**8)
+    )
     ours, whole = decoder.resize_crop(noise), _resize_whole_then_crop(noise, side)
     assert ours.shape == whole.shape == (2, side, side, 3)
     difference = (ours.int() - whole.int()).abs()
@@ -183,7 +178,9 @@ def test_a_garbled_jpeg_ends_in_exactly_one_row(tmp_path, configs):
     good = (folder / "ok.jpg").read_bytes()
     start = good.find(b"\xff\xda")  # scan data: garble it, keep the header and the EOI marker
     (folder / "garbled.jpg").write_bytes(good[: start + 20] + b"\xff\x00" * 3000 + b"\xff\xd9")
-    summary = _encode(folder, tmp_path / "store", configs["vit"], workers=0, jpeg_decode="device")
+    summary = encode_images(
+        folder, tmp_path / "store", configs["vit"], workers=0, jpeg_decode="device"
+    )
     rows = run_query(tmp_path / "store", "SELECT path, kind FROM failures").to_pylist()
     images = run_query(tmp_path / "store", "SELECT path FROM images").to_pylist()
     assert summary.scanned == 2 == summary.encoded + summary.failed
@@ -193,7 +190,7 @@ def test_a_garbled_jpeg_ends_in_exactly_one_row(tmp_path, configs):
     )
 
 
-class _Items(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _Items(torch.utils.data.Dataset[Decoded]):
     def __init__(self, files: list[Path]) -> None:
         self.files = files
 
@@ -217,17 +214,19 @@ def test_a_batch_ships_its_jpeg_bytes_as_one_tensor(jpeg_dir):
     assert batch.jpeg_blob.numel() == sum(p.stat().st_size for p in files)  # ... but as one
     batch.unpack_jpegs()
     assert [item.index for item in batch.jpegs] == [0, 1, *range(3, len(files) + 1)]
-    storages = {item.jpeg.untyped_storage().data_ptr() for item in batch.jpegs}  # type: ignore[union-attr]
+    storages = {item.jpeg.untyped_storage().data_ptr() for item in batch.jpegs}
     assert len(storages) == 1  # views into the one received tensor
     for item, path in zip(batch.jpegs, files, strict=True):
         assert item.jpeg is not None and item.jpeg.numpy().tobytes() == path.read_bytes()
     assert [f.index for f in batch.failures] == [99]
     batch.unpack_jpegs()  # a second call changes nothing
-    assert batch.jpegs[0].jpeg.numpy().tobytes() == files[0].read_bytes()  # type: ignore[union-attr]
+    assert batch.jpegs[0].jpeg.numpy().tobytes() == files[0].read_bytes()
 
 
 def test_the_summary_says_where_the_main_thread_spent_its_time(tmp_path, jpeg_dir, configs):
-    summary = _encode(jpeg_dir, tmp_path / "s", configs["vit"], workers=0, jpeg_decode="device")
+    summary = encode_images(
+        jpeg_dir, tmp_path / "s", configs["vit"], workers=0, jpeg_decode="device"
+    )
     assert list(summary.stage_seconds) == list(encode_loop.STAGES)
     assert all(value >= 0 for value in summary.stage_seconds.values())
     assert summary.stage_seconds["model"] > 0 and summary.stage_seconds["writes"] > 0
@@ -237,7 +236,9 @@ def test_the_summary_says_where_the_main_thread_spent_its_time(tmp_path, jpeg_di
     # the decoder thread's own clock: it decoded, and that fits inside the loop's time
     assert list(summary.decoder_seconds) == list(encode_loop.DECODER_STAGES)
     assert 0 < summary.decoder_seconds["device_decode"] <= summary.pipeline_seconds
-    workers = _encode(jpeg_dir, tmp_path / "w", configs["vit"], workers=0, jpeg_decode="workers")
+    workers = encode_images(
+        jpeg_dir, tmp_path / "w", configs["vit"], workers=0, jpeg_decode="workers"
+    )
     assert workers.decoder_seconds == {}  # no decoder thread when the workers decode
 
 
@@ -245,7 +246,7 @@ def test_an_isolated_decode_ships_a_plain_jpegs_bytes_back(jpeg_dir):
     """After a worker crash its batch is decoded file by file in fresh processes; in
     device mode a plain JPEG comes back as bytes, which must survive the process's exit."""
     work = collect_work(jpeg_dir)
-    options = DecodeOptions(lambda image: np.asarray(image), 10**8, None, jpeg_on_device=True)
+    options = DecodeOptions(lambda image: image, 10**8, None, jpeg_on_device=True)
     files = ImageFiles(os.fsencode(jpeg_dir), work, options)
     jpegs = [n for n in range(len(work)) if work.relpath(n).endswith(b".jpg")]
     for position in jpegs[:3]:

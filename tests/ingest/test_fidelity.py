@@ -3,22 +3,23 @@ resize) keep embeddings close to the reference path."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.ingest.decode import split_preprocess
-from meter_batch.ingest.encode_run import encode
+from meter_batch.config import ModelSpec
+from meter_batch.ingest.decode import PixelStage, split_preprocess
 from meter_batch.model.loading import load_model
-from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import open_store
+from tests.helpers import encode_images, stored_vectors
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real photographs shipped with scikit-image, as large JPEGs (2.5x: >= 896 px short
     side, so a 224-px model's fast path decodes them at 1/2 or 1/4 DCT scale)."""
     data = pytest.importorskip("skimage.data")
@@ -31,7 +32,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
             continue
         image = Image.fromarray(array).convert("RGB")
         scale = max(2.5, 900 / min(image.size))
-        large = image.resize((int(image.width * scale), int(image.height * scale)), Image.BICUBIC)
+        large = image.resize(
+            (int(image.width * scale), int(image.height * scale)), Image.Resampling.BICUBIC
+        )
         large.save(folder / f"{name}.jpg", quality=92)
         large.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{name}-m.jpg", quality=85)
         written += 2
@@ -39,17 +42,15 @@ def photos(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     return folder
 
 
-def _embeddings(images, store, exact, jpeg_decode="auto"):  # type: ignore[no-untyped-def]
-    spec = ModelSpec("RN50", "none")  # a real-size config: 224 px input, 1024-d
-    config = EncodeConfig(
-        images_dir=images, store=store, model=spec, workers=2, exact=exact, jpeg_decode=jpeg_decode
-    )
-    encode(config, interactive=False)
-    rows = run_query(store, "SELECT path, embedding FROM images").to_pylist()
-    return {r["path"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
+def _embeddings(
+    images: Path, store: Path, exact: bool, jpeg_decode: str = "auto"
+) -> dict[str, np.ndarray]:
+    # RN50: a real-size config, 224 px input, 1024-d
+    encode_images(images, store, "RN50", workers=2, exact=exact, jpeg_decode=jpeg_decode)
+    return stored_vectors(store)
 
 
-def _pixels_differ(path) -> bool:  # type: ignore[no-untyped-def]
+def _pixels_differ(path: Path) -> bool:
     from meter_batch.ingest.decode import DecodeOptions, decode_file
 
     stage = split_preprocess(load_model(ModelSpec("RN50", "none")).reference_preprocess)
@@ -88,7 +89,7 @@ def test_device_decoding_stays_close_to_the_reference_on_real_photos(tmp_path, p
         assert difference.mean() < 0.15 and difference.max() <= 4, path.name  # seen: 0.11, 4
 
 
-def _device_pixel_difference(path, stage):  # type: ignore[no-untyped-def]
+def _device_pixel_difference(path: Path, stage: PixelStage) -> np.ndarray:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
@@ -96,7 +97,9 @@ def _device_pixel_difference(path, stage):  # type: ignore[no-untyped-def]
     from meter_batch.ingest.gpu_decode import DeviceJpegDecoder
 
     reference = decode_file(bytes(path), 0, DecodeOptions(stage.transform, 10**9)).pixels
-    decoder = DeviceJpegDecoder(torch.device("cpu"), stage.short_side, DecodeOptions(None, 10**9))
+    decoder = DeviceJpegDecoder(
+        torch.device("cpu"), stage.short_side, DecodeOptions(lambda image: image, 10**9)
+    )
     image = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
     ours = decoder.resize_crop(image[None])[0].numpy()
     assert reference is not None and ours.shape == reference.shape

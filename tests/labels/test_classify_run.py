@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,41 +13,11 @@ import torch
 from PIL import Image
 
 from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.errors import ConfigError
 from meter_batch.ingest.encode_run import encode
 from meter_batch.labels.classify_run import classify
-from meter_batch.labels.label_sets import load_label_set
 from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import open_store
-
-PROMPTS = {
-    "digital": "デジタルメーター(7セグ)",
-    "rotary": "回転式メーター",
-    "analog": "アナログメーター丸型",
-}
-
-
-def labels_toml(
-    folder: Path, name: str = "meter-type", extra: str = "", file: str = "", **prompts: str
-) -> Path:
-    prompts = prompts or PROMPTS
-    body = f'name = "{name}"\ntop_k = {len(prompts)}\n{extra}\n'
-    for label_id, prompt in prompts.items():
-        body += f"[[labels]]\nid = {label_id!r}\nprompts = [{prompt!r}]\n"
-    path = folder / f"{file or name}.toml"
-    path.write_text(body, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def encoded(tmp_path, image_dir, configs, vit_checkpoint):  # type: ignore[no-untyped-def]
-    images, relpaths = image_dir
-    spec = ModelSpec(str(configs["vit"]), str(vit_checkpoint))
-    config = EncodeConfig(
-        images_dir=images, store=tmp_path / "store", model=spec, workers=0, exact=True
-    )
-    encode(config, interactive=False)
-    return images, relpaths, tmp_path / "store"
+from tests.helpers import PROMPTS, labels_toml
 
 
 def predictions(store: Path) -> list[dict]:
@@ -97,7 +65,7 @@ def test_classify_never_opens_an_image(encoded, tmp_path, monkeypatch):
     images, _, store = encoded
     shutil.rmtree(images)
 
-    def no_images(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def no_images(*args, **kwargs):
         raise AssertionError("classify opened an image")
 
     monkeypatch.setattr(Image, "open", no_images)
@@ -108,7 +76,7 @@ def test_classify_never_opens_an_image(encoded, tmp_path, monkeypatch):
 
 def test_abstain_rules_turn_weak_answers_into_unknown(encoded, tmp_path):
     _, _, store = encoded
-    classify(store, labels_toml(tmp_path, name="plain", extra="logit_scale = 3"), False)
+    classify(store, labels_toml(tmp_path, name="plain", extra="logit_scale = 3"), interactive=False)
     plain = predictions(store)
     # thresholds from this data, so that each rule has something to split
     min_prob = round(float(np.median([r["prob"] for r in plain])), 4)
@@ -168,7 +136,9 @@ def test_hostile_label_text_is_just_data(encoded, tmp_path):
     _, _, store = encoded
     evil = {"x'); DROP TABLE images; --": "x'); DROP TABLE images; --", "../../etc": "../../etc"}
     summary = classify(
-        store, labels_toml(tmp_path, name="../../etc/passwd", file="evil", **evil), False
+        store,
+        labels_toml(tmp_path, name="../../etc/passwd", file="evil", **evil),
+        interactive=False,
     )
     assert summary.scored == 14
     labels = run_query(store, "SELECT DISTINCT unnest(top_labels) FROM predictions").column(0)
@@ -186,83 +156,9 @@ def test_hostile_label_text_is_just_data(encoded, tmp_path):
 
 def test_learned_logit_scale_is_the_checkpoints(encoded, tmp_path, vit_checkpoint):
     _, _, store = encoded
-    summary = classify(store, labels_toml(tmp_path, extra='logit_scale = "learned"'), False)
+    summary = classify(
+        store, labels_toml(tmp_path, extra='logit_scale = "learned"'), interactive=False
+    )
     learned = torch.load(vit_checkpoint, weights_only=True)["logit_scale"].exp().item()
     assert summary.logit_scale == pytest.approx(learned) and learned != 100.0
     assert all(r["logit_scale"] == pytest.approx(learned) for r in predictions(store))
-
-
-def test_views_count_what_was_stored(encoded, tmp_path):
-    _, _, store = encoded
-    classify(store, labels_toml(tmp_path), interactive=False)
-    query = (
-        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM failures), "
-        "(SELECT count(*) FROM predictions), (SELECT count(*) FROM latest_predictions), "
-        "(SELECT count(*) FROM label_sets), (SELECT count(*) FROM runs), "
-        "(SELECT sum(encoded) FROM runs)"
-    )
-    assert list(run_query(store, query).to_pylist()[0].values()) == [14, 0, 14, 14, 1, 1, 14]
-    by_label = run_query(
-        store, "SELECT label, count(*) AS n FROM latest_predictions GROUP BY 1"
-    ).to_pylist()
-    assert sum(r["n"] for r in by_label) == 14
-
-
-def test_catalog_opens_read_only_in_another_process(encoded, tmp_path):
-    _, _, store = encoded
-    classify(store, labels_toml(tmp_path), interactive=False)
-    script = (
-        "import duckdb, sys\n"
-        "con = duckdb.connect(sys.argv[1], read_only=True)\n"
-        "print(con.sql('SELECT count(*) FROM images').fetchall()[0][0],"
-        " con.sql('SELECT count(*) FROM latest_predictions').fetchall()[0][0],"
-        " con.sql('SELECT typeof(embedding) FROM images LIMIT 1').fetchall()[0][0])\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(store / "catalog.duckdb")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["14", "14", "FLOAT[32]"]
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ('name = "x"\n', "no labels"),
-        (
-            'name = "x"\n[[labels]]\nid = "a"\nprompts = ["p"]\n[[labels]]\nid = "a"\n'
-            'prompts = ["q"]\n',
-            "duplicate label id 'a'",
-        ),
-        ('name = "x"\n[[labels]]\nid = "a"\nprompts = []\n', "label 'a' has no prompts"),
-        ('name = "x"\n[[labels]]\nid = "a"\nprompts = ["  "]\n', "label 'a' has an empty prompt"),
-        (
-            'name = "x"\ntemplates = ["a photo"]\n[[labels]]\nid = "a"\nprompts = ["p"]\n',
-            "must contain exactly one '{}'",
-        ),
-        ('name = "x"\ncolour = 1\n[[labels]]\nid = "a"\nprompts = ["p"]\n', "unknown key.*colour"),
-        ('name = "x"\n[[labels]]\nid = "a"\nprompt = ["p"]\n', "unknown key.*prompt"),
-        (
-            'name = "x"\n[abstain]\nmin_p = 1\n[[labels]]\nid = "a"\nprompts = ["p"]\n',
-            "unknown key.*min_p",
-        ),
-        ('name = "x"\nlogit_scale = -1\n[[labels]]\nid = "a"\nprompts = ["p"]\n', "logit_scale"),
-    ],
-)
-def test_bad_label_sets_are_clear_errors(tmp_path, body, message):
-    path = tmp_path / "bad.toml"
-    path.write_text(body)
-    with pytest.raises(ConfigError, match=message):
-        load_label_set(path)
-
-
-def test_shipped_label_sets_load():
-    folder = Path(__file__).parents[1] / "jobs" / "labelsets"
-    seed = load_label_set(folder / "meter-type.toml")
-    assert [label.prompts[0] for label in seed.labels] == list(PROMPTS.values())
-    assert seed.logit_scale == 100.0
-    english = load_label_set(folder / "meter-type-en.toml")
-    assert english.label_ids == seed.label_ids and english.abstain.min_prob == 0.5

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from meter_batch.tools.synthetic import (
     DISPLAYS,
@@ -95,7 +96,7 @@ def _clean(meter_type: str, **changes: object) -> tuple[MeterSpec, np.ndarray]:
     rng = image_rng(5, 0)
     spec = sample_spec(rng, meter_type)
     values = {**spec.__dict__, "size": (200, 200), **changes}
-    spec = MeterSpec(**values)  # type: ignore[arg-type]
+    spec = MeterSpec(**values)
     return spec, np.asarray(render(spec, rng, clean=True), dtype=np.int32)
 
 
@@ -129,7 +130,7 @@ def test_a_digital_display_shows_its_colours() -> None:
             assert close.sum() > 50, (display, rgb)
 
 
-def test_synth_command_writes_a_set(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_synth_command_writes_a_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from meter_batch.cli import main
 
     assert main(["synth", str(tmp_path / "s"), "--count", "6", "--workers", "1"]) == 0
@@ -139,8 +140,6 @@ def test_synth_command_writes_a_set(tmp_path: Path, capsys) -> None:  # type: ig
 
 
 def test_synth_refuses_a_folder_with_older_images(tmp_path: Path) -> None:
-    import pytest
-
     from meter_batch.errors import ConfigError
 
     write_synthetic_set(tmp_path / "s", 3, seed=0)

@@ -2,34 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from meter_batch.config import EncodeConfig, ModelSpec
-from meter_batch.ingest.encode_run import encode
 from meter_batch.store.commit import open_store
 from meter_batch.store.index import index_ids, load_index, search
-from tests.conftest import reference_embeddings
-from tests.helpers import embeddings_of, read_parts
+from tests.helpers import embeddings_of, encode_images, read_parts, reference_embeddings
 
-
-def run(images: Path, store: Path, config: Path, pretrained: str, workers: int = 0, **kw):  # type: ignore[no-untyped-def]
-    spec = ModelSpec(name=str(config), pretrained=pretrained)
-    kw.setdefault("exact", True)  # compared with the reference loop: no DCT scaling
-    return encode(
-        EncodeConfig(images_dir=images, store=store, model=spec, workers=workers, **kw),
-        interactive=False,
-    )
+# Compared with the reference loop, every encode here is exact (no DCT scaling).
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_embeddings_equal_reference_loop(tmp_path, image_dir, configs, vit_checkpoint, workers):
     images, relpaths = image_dir
-    summary = run(
-        images, tmp_path / "store", configs["vit"], str(vit_checkpoint), workers, batch_size=5
+    summary = encode_images(
+        images,
+        tmp_path / "store",
+        configs["vit"],
+        str(vit_checkpoint),
+        workers=workers,
+        exact=True,
+        batch_size=5,
     )
     assert (summary.scanned, summary.encoded, summary.failed) == (14, 14, 0)
 
@@ -55,7 +49,15 @@ def test_resnet_architecture_equals_reference(tmp_path, image_dir, configs):
     from safetensors.torch import save_file
 
     save_file(open_clip.create_model("mb-tiny-resnet").state_dict(), str(checkpoint))
-    run(images, tmp_path / "store", configs["resnet"], str(checkpoint), batch_size=4)
+    encode_images(
+        images,
+        tmp_path / "store",
+        configs["resnet"],
+        str(checkpoint),
+        workers=0,
+        exact=True,
+        batch_size=4,
+    )
     table = read_parts(tmp_path / "store", "embeddings")
     paths = [images / p for p in table.column("path").to_pylist()]
     reference = reference_embeddings(configs["resnet"], checkpoint, paths)
@@ -64,7 +66,9 @@ def test_resnet_architecture_equals_reference(tmp_path, image_dir, configs):
 
 def test_ids_paths_and_faiss_agree(tmp_path, image_dir, configs):
     images, _ = image_dir
-    run(images, tmp_path / "store", configs["vit"], "none", batch_size=4)
+    encode_images(
+        images, tmp_path / "store", configs["vit"], "none", workers=0, exact=True, batch_size=4
+    )
     table = read_parts(tmp_path / "store", "embeddings")
     ids = table.column("image_id").to_numpy()
     assert sorted(ids.tolist()) == list(range(14))  # unique, dense, allocated from 0
@@ -82,7 +86,9 @@ def test_ids_paths_and_faiss_agree(tmp_path, image_dir, configs):
 
 def test_rows_carry_file_facts(tmp_path, image_dir, configs):
     images, _ = image_dir
-    summary = run(images, tmp_path / "store", configs["vit"], "none")
+    summary = encode_images(
+        images, tmp_path / "store", configs["vit"], "none", workers=0, exact=True
+    )
     table = read_parts(tmp_path / "store", "embeddings").to_pylist()
     from PIL import Image
 
@@ -103,7 +109,9 @@ def test_broken_files_are_failure_rows_and_the_rest_encodes(tmp_path, image_dir,
     (images / "page.JPG").write_text("<html><body>404</body></html>")
     (images / "empty.png").write_bytes(b"")
     assert good  # the originals stay untouched
-    summary = run(images, tmp_path / "store", configs["vit"], "none", batch_size=4)
+    summary = encode_images(
+        images, tmp_path / "store", configs["vit"], "none", workers=0, exact=True, batch_size=4
+    )
     assert (summary.scanned, summary.encoded, summary.failed) == (17, 14, 3)
     failures = {r["path"]: r for r in read_parts(tmp_path / "store", "failures").to_pylist()}
     assert {p: r["kind"] for p, r in failures.items()} == {
@@ -120,19 +128,10 @@ def test_broken_files_are_failure_rows_and_the_rest_encodes(tmp_path, image_dir,
 
 def test_empty_folder_commits_an_empty_run(tmp_path, configs):
     (tmp_path / "images").mkdir()
-    summary = run(tmp_path / "images", tmp_path / "store", configs["vit"], "none")
+    summary = encode_images(
+        tmp_path / "images", tmp_path / "store", configs["vit"], "none", workers=0, exact=True
+    )
     assert (summary.scanned, summary.encoded, summary.failed) == (0, 0, 0)
     store = open_store(tmp_path / "store")
     assert store.manifest.seq == 1 and len(store.manifest.runs) == 1
     assert load_index(store.path(store.manifest.index or "")).ntotal == 0
-
-
-def test_second_run_over_the_same_files_encodes_nothing(tmp_path, image_dir, configs):
-    images, _ = image_dir
-    run(images, tmp_path / "store", configs["vit"], "none")
-    again = run(images, tmp_path / "store", configs["vit"], "none")
-    assert (again.scanned, again.encoded, again.skipped, again.commits) == (14, 0, 14, 0)
-    ids = read_parts(tmp_path / "store", "embeddings").column("image_id").to_pylist()
-    assert sorted(ids) == list(range(14))
-    store = open_store(tmp_path / "store")
-    assert load_index(store.path(store.manifest.index or "")).ntotal == 14

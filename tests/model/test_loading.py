@@ -1,4 +1,5 @@
-"""Model loading: every checkpoint format, local tags only, unsafe pickles refused."""
+"""Model loading: every checkpoint format, local tags only, unsafe pickles refused, and a
+store's model that moved."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from meter_batch.config import ModelSpec
+from meter_batch.cli import main
+from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.errors import ModelError
+from meter_batch.ingest.encode_run import encode
 from meter_batch.model.loading import load_model
 
 
@@ -25,7 +28,7 @@ def _embed(spec: ModelSpec) -> torch.Tensor:
     torch.manual_seed(0)
     images = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
-        return loaded.model.encode_image(images)
+        return loaded.model.encode_image(images)  # type: ignore[operator]  # nn.Module.__getattr__
 
 
 @pytest.fixture
@@ -138,7 +141,7 @@ def test_uncached_tag_says_where_it_looked_and_downloads_nothing(tmp_path, monke
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
-    def no_network(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def no_network(*args, **kwargs):
         raise AssertionError("a download was attempted")
 
     monkeypatch.setattr("urllib.request.urlopen", no_network)
@@ -199,3 +202,14 @@ def test_a_safetensors_file_with_another_suffix_is_named_as_such(tmp_path, confi
     upper = tmp_path / "weights.SAFETENSORS"
     path.rename(upper)
     assert load_model(ModelSpec(str(configs["vit"]), str(upper))).identity is not None
+
+
+def test_a_moved_model_gets_a_hint(tmp_path, image_dir, configs, vit_checkpoint, capsys):
+    images, _ = image_dir
+    moved = tmp_path / "weights.pt"
+    moved.write_bytes(vit_checkpoint.read_bytes())
+    spec = ModelSpec(str(configs["vit"]), str(moved))
+    encode(EncodeConfig(images_dir=images, store=tmp_path / "s", model=spec, workers=0), False)
+    moved.rename(tmp_path / "elsewhere.pt")
+    assert main(["search", "--store", str(tmp_path / "s"), "digital"]) == 4
+    assert "if its files moved, pass --model/--pretrained" in capsys.readouterr().err

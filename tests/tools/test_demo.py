@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from meter_batch.cli import main
 from meter_batch.tools.demo import MODEL_DIR, MODEL_WEIGHTS, run_demo
 
@@ -24,6 +26,7 @@ def test_the_shipped_checkpoint_is_the_recorded_one() -> None:
     assert MODEL_WEIGHTS.stat().st_size <= 20 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_the_demo_classifies_held_out_meters(tmp_path: Path) -> None:
     results = {r.label_set: r for r in run_demo(tmp_path, 60, workers=0)}
     assert set(results) == set(MIN_ACCURACY)
@@ -32,13 +35,18 @@ def test_the_demo_classifies_held_out_meters(tmp_path: Path) -> None:
         assert result.accuracy >= MIN_ACCURACY[name], (name, result.accuracy, result.table())
 
 
-def test_the_demo_command_prints_each_table(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_the_demo_command_prints_each_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["-q", "demo", "--dir", str(tmp_path), "--count", "30", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert out.count("accuracy") == 3 and "right \\ predicted" in out
 
 
-def test_the_demo_does_not_replace_a_store_it_did_not_make(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_the_demo_does_not_replace_a_store_it_did_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "precious").write_text("keep me")
     assert main(["-q", "demo", "--dir", str(tmp_path), "--count", "3"]) == 2

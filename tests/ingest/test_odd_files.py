@@ -12,14 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from meter_batch.config import EncodeConfig, ModelSpec
+from meter_batch.config import ModelSpec
 from meter_batch.ingest import decode
-from meter_batch.ingest.decode import Decoded, _read_stable, classify_decode_error, split_preprocess
-from meter_batch.ingest.encode_run import encode
+from meter_batch.ingest.decode import (
+    Decoded,
+    PixelStage,
+    _read_stable,
+    classify_decode_error,
+    split_preprocess,
+)
 from meter_batch.ingest.pixels import BACKGROUND, normalize_image
-from meter_batch.model.loading import load_model
+from meter_batch.model.loading import LoadedModel, load_model
 from meter_batch.store.catalog import run_query
 from meter_batch.store.records import FailureKind
+from tests.helpers import arrow_picture, encode_images
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -30,18 +36,6 @@ def png_bytes(width: int, height: int, depth: int, colour: int, rows: bytes) -> 
     header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
     body = _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + body
-
-
-def arrow_picture(size: tuple[int, int] = (96, 64)) -> Image.Image:
-    """Asymmetric: rotating it changes it, so orientation mistakes show."""
-    image = Image.new("RGB", size, (20, 40, 160))
-    pixels = image.load()
-    assert pixels is not None
-    for x in range(size[0]):
-        for y in range(size[1] // 3):
-            if x < size[0] * 2 // 3:
-                pixels[x, y] = (230, 200, 30)
-    return image
 
 
 def ramp16() -> np.ndarray:
@@ -106,12 +100,6 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _encode(images: Path, store: Path, model: Path, workers: int = 0, **kw):  # type: ignore[no-untyped-def]
-    spec = ModelSpec(str(model), "none")
-    config = EncodeConfig(images_dir=images, store=store, model=spec, workers=workers, **kw)
-    return encode(config, interactive=False)
-
-
 EXPECTED_FAILURES = {
     "truncated.jpg": "truncated",
     "empty.png": "unidentified",
@@ -123,7 +111,9 @@ EXPECTED_FAILURES = {
 
 @pytest.mark.parametrize("jpeg_decode", ["workers", "device"])
 def test_every_file_is_encoded_or_a_failure_with_a_kind(tmp_path, corpus, configs, jpeg_decode):
-    summary = _encode(corpus, tmp_path / "store", configs["vit"], jpeg_decode=jpeg_decode)
+    summary = encode_images(
+        corpus, tmp_path / "store", configs["vit"], workers=0, jpeg_decode=jpeg_decode
+    )
     files = len(os.listdir(corpus))
     assert summary.scanned == files == summary.encoded + summary.failed
     failures = run_query(tmp_path / "store", "SELECT path, kind, message FROM failures")
@@ -140,7 +130,9 @@ def test_every_file_is_encoded_or_a_failure_with_a_kind(tmp_path, corpus, config
     sjis = [r for r in rows.values() if r["path_bytes"] is not None]
     assert [r["path_bytes"] for r in sjis] == ["メーター".encode("shift_jis") + b".png"]
     assert "\ufffd" in sjis[0]["path"]
-    again = _encode(corpus, tmp_path / "store", configs["vit"], jpeg_decode=jpeg_decode)
+    again = encode_images(
+        corpus, tmp_path / "store", configs["vit"], workers=0, jpeg_decode=jpeg_decode
+    )
     # raw names match; only the over-cap panorama is tried again (the cap may change)
     assert (again.skipped, again.encoded, again.failed) == (files - 1, 0, 1)
 
@@ -154,7 +146,7 @@ def _has_heif() -> bool:
 
 
 def test_the_pixel_cap_is_enforced_in_worker_processes(tmp_path, corpus, configs):
-    summary = _encode(corpus, tmp_path / "store", configs["vit"], workers=2, max_pixels=5000)
+    summary = encode_images(corpus, tmp_path / "store", configs["vit"], workers=2, max_pixels=5000)
     failures = run_query(tmp_path / "store", "SELECT path, kind FROM failures").to_pylist()
     too_large = {r["path"] for r in failures if r["kind"] == "too_large"}
     assert "ok.jpg" in too_large and "panorama.png" in too_large  # 96x64 > 5000 px
@@ -162,12 +154,12 @@ def test_the_pixel_cap_is_enforced_in_worker_processes(tmp_path, corpus, configs
     assert summary.scanned == summary.encoded + summary.failed
 
 
-def _pixel_stage(configs: dict[str, Path]):  # type: ignore[no-untyped-def]
+def _pixel_stage(configs: dict[str, Path]) -> tuple[LoadedModel, PixelStage]:
     loaded = load_model(ModelSpec(str(configs["vit"]), "none"))
     return loaded, split_preprocess(loaded.reference_preprocess)
 
 
-def _pixels(path: Path, stage) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _pixels(path: Path, stage: PixelStage) -> np.ndarray:
     with Image.open(path) as image:
         image.seek(0)
         return np.asarray(stage.transform(normalize_image(image)), dtype=np.float64)
@@ -195,7 +187,7 @@ def test_high_bit_depth_is_scaled_not_clipped(corpus, configs):
 
 
 def test_exif_rotation_embeds_like_the_hand_rotated_image(tmp_path, corpus, configs):
-    _encode(corpus, tmp_path / "store", configs["vit"])
+    encode_images(corpus, tmp_path / "store", configs["vit"], workers=0)
     rows = run_query(tmp_path / "store", "SELECT path, width, height, embedding FROM images")
     vectors = {r["path"]: np.asarray(r["embedding"]) for r in rows.to_pylist()}
     for name in ("exif-6.png", "exif-8.png"):
@@ -226,7 +218,7 @@ def test_heic_decodes_with_the_extra(tmp_path, configs):
     folder = tmp_path / "phone"
     folder.mkdir()
     Image.new("RGB", (80, 60), (10, 200, 30)).save(folder / "IMG_0001.HEIC", "HEIF")
-    summary = _encode(folder, tmp_path / "store", configs["vit"])
+    summary = encode_images(folder, tmp_path / "store", configs["vit"], workers=0)
     assert (summary.encoded, summary.failed) == (1, 0)
 
 
@@ -248,7 +240,7 @@ def test_a_file_changing_while_read_is_unstable(tmp_path, monkeypatch):
     real_fstat = os.fstat
     calls = {"n": 0}
 
-    def fstat(fd):  # type: ignore[no-untyped-def]
+    def fstat(fd):
         calls["n"] += 1
         result = real_fstat(fd)
         if calls["n"] == 2:  # the second look, after reading, sees a bigger file
@@ -269,21 +261,21 @@ def test_vanished_and_unreadable_files_are_failures(tmp_path, image_dir, configs
 
     real_collect = pipeline.collect_work
 
-    def collect_then_delete(root):  # type: ignore[no-untyped-def]
+    def collect_then_delete(root):
         work = real_collect(root)
         (images / relpaths[0]).unlink()  # gone between the scan and the read
         return work
 
     real_open = open
 
-    def guarded_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def guarded_open(path, *args, **kwargs):
         if isinstance(path, bytes) and path.endswith(os.fsencode(relpaths[1])):
             raise PermissionError(13, "Permission denied")
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "collect_work", collect_then_delete)
     monkeypatch.setattr("builtins.open", guarded_open)
-    summary = _encode(images, tmp_path / "store", configs["vit"])
+    summary = encode_images(images, tmp_path / "store", configs["vit"], workers=0)
     monkeypatch.undo()
     kinds = run_query(tmp_path / "store", "SELECT path, kind FROM failures").to_pylist()
     assert {r["path"]: r["kind"] for r in kinds} == {
@@ -298,7 +290,7 @@ def test_a_worker_killed_mid_batch_costs_only_its_culprit(
 ):
     images, relpaths = image_dir
     monkeypatch.setenv("METER_BATCH_DECODE_CRASH", relpaths[5])
-    summary = _encode(images, tmp_path / "store", configs["vit"], workers=2, batch_size=3)
+    summary = encode_images(images, tmp_path / "store", configs["vit"], workers=2, batch_size=3)
     assert (summary.encoded, summary.failed) == (13, 1)
     failure = run_query(tmp_path / "store", "SELECT path, kind, message FROM failures").to_pylist()
     assert failure == [
@@ -314,7 +306,7 @@ def test_a_worker_killed_mid_batch_costs_only_its_culprit(
 def test_a_hanging_decoder_times_out_and_the_run_goes_on(tmp_path, image_dir, configs, monkeypatch):
     images, relpaths = image_dir
     monkeypatch.setenv("METER_BATCH_DECODE_HANG", relpaths[2])
-    summary = _encode(
+    summary = encode_images(
         images, tmp_path / "store", configs["vit"], workers=2, batch_size=2, decode_timeout=1.5
     )
     assert (summary.encoded, summary.failed) == (13, 1)
@@ -330,17 +322,21 @@ def test_eps_without_ghostscript_is_unsupported_format():
 
 
 def test_failures_that_depend_on_the_machine_are_retried(tmp_path, corpus, configs):
-    first = _encode(corpus, tmp_path / "store", configs["vit"], max_pixels=5000)
+    first = encode_images(corpus, tmp_path / "store", configs["vit"], workers=0, max_pixels=5000)
     assert first.failed > len(EXPECTED_FAILURES)  # the small cap fails ordinary files too
-    second = _encode(corpus, tmp_path / "store", configs["vit"])  # the default cap
+    second = encode_images(corpus, tmp_path / "store", configs["vit"], workers=0)  # the default cap
     failures = run_query(tmp_path / "store", "SELECT path, kind FROM failures").to_pylist()
     assert {r["path"] for r in failures if r["kind"] == "too_large"} == {"panorama.png"}
     assert second.encoded == first.failed - len(failures)
 
 
 def test_non_utf8_names_under_a_path_prefix(tmp_path, corpus, configs):
-    first = _encode(corpus, tmp_path / "store", configs["vit"], path_prefix="site-a/")
-    again = _encode(corpus, tmp_path / "store", configs["vit"], path_prefix="site-a/")
+    first = encode_images(
+        corpus, tmp_path / "store", configs["vit"], workers=0, path_prefix="site-a/"
+    )
+    again = encode_images(
+        corpus, tmp_path / "store", configs["vit"], workers=0, path_prefix="site-a/"
+    )
     # every file is skipped but the over-cap one, which is retried (the cap may change)
     assert (again.encoded, again.failed, again.skipped) == (0, 1, first.scanned - 1)
 

@@ -39,10 +39,11 @@ def _embed(model_spec: ModelSpec) -> np.ndarray:
         [loaded.reference_preprocess(Image.new("RGB", (64, 64), c)) for c in COLOURS.values()]
     )
     with torch.no_grad():
-        features = loaded.model.encode_image(pixels)  # type: ignore[operator]
+        features = loaded.model.encode_image(pixels)  # type: ignore[operator]  # nn.Module.__getattr__
     return torch.nn.functional.normalize(features, dim=-1).numpy()
 
 
+@pytest.mark.slow
 def test_finetune_trains_from_the_given_checkpoint_and_encode_loads_the_result(
     tmp_path: Path, configs: dict[str, Path], vit_checkpoint: Path
 ) -> None:
@@ -90,7 +91,7 @@ def test_finetune_cli_reports_missing_images_and_columns(
 def test_caption_tables_from_spreadsheets_are_read_as_written(tmp_path: Path) -> None:
     from meter_batch.tools.finetune import write_training_table
 
-    (tmp_path / "a.png").write_bytes((Path(__file__).parent / "conftest.py").read_bytes())
+    (tmp_path / "a.png").write_bytes((Path(__file__).parents[1] / "conftest.py").read_bytes())
     Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "c.png")
     table = tmp_path / "t.csv"
