@@ -42,7 +42,7 @@ class Setting:
     flag: str | None = None  # the CLI option, when it is not --field-name
     positional: str | None = None  # a CLI positional argument, by this metavar
     cli: bool = True  # False: set from files and the API only
-    minimum: int = 1  # integers (and each item of a tuple of them): at least this
+    minimum: int = 1  # integers (and tuples of them): at least this; floats: 0 allows 0
     check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
     shown_default: str | None = None  # the default as the help shows it
 
@@ -124,7 +124,9 @@ def value_problem(value: Any, hint: Any, details: Setting) -> str | None:
         return f"must be true or false; got {value!r}"
     elif kind is int and not _is_integer(value, details.minimum):
         return f"must be an integer >= {details.minimum}; got {value!r}"
-    elif kind is float and not _is_positive(value):
+    elif kind is float and not _is_number(value, details.minimum):
+        if details.minimum == 0:
+            return f"must be a number >= 0; got {value!r}"
         return f"must be a positive number; got {value!r}"
     elif typing.get_origin(kind) is tuple:
         bad = [v for v in value if not _is_integer(v, details.minimum)]
@@ -145,8 +147,11 @@ def _is_integer(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_positive(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+def _is_number(value: Any, minimum: int) -> bool:
+    """Floats: positive, or with ``minimum`` 0, at least 0."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return value >= 0 if minimum == 0 else value > 0
 
 
 def default_workers() -> int:
@@ -316,7 +321,7 @@ class FinetuneOptions:
     batch_size: int = setting("images per step", default=64)
     lr: float = setting("peak learning rate", default=5e-4)
     warmup: int = setting("warm-up steps", default=100, minimum=0)
-    weight_decay: float = setting("weight decay", default=0.1, flag="--wd")
+    weight_decay: float = setting("weight decay", default=0.1, flag="--wd", minimum=0)
     device: Device = setting("where to train", default="auto")
     workers: int = setting("data loader workers", default=2, minimum=0)
     seed: int = setting("training seed", default=0, minimum=0)

@@ -25,6 +25,10 @@ from meter_batch.store.layout import LiveKind
 from meter_batch.store.verify import verify
 from meter_batch.tools.samples import sample_image
 
+REPO = Path(__file__).resolve().parents[1]
+# A store written by 717bb43 (before the restructure): see tests/store/test_compatibility.py
+OLD_STORE = Path(__file__).resolve().parent / "data" / "store-717bb43"
+
 # --- tiny open_clip models -------------------------------------------------------------
 
 TEXT_CFG: dict[str, Any] = {

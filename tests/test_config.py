@@ -1,13 +1,21 @@
-"""The settings: TOML files, unknown keys, bad values named with their choices."""
+"""The settings: TOML files, unknown keys, bad values named with their choices; and each
+setting declared once: every encode setting is a flag of `encode` and of `bench encode`, a
+key of a job file's [encode] table and a keyword of api.encode, with one check that names
+it on each surface in that surface's words."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from meter_batch.config import EncodeConfig, ModelSpec, from_mapping
-from meter_batch.errors import ConfigError
+from meter_batch import api
+from meter_batch.cli import main
+from meter_batch.config import EncodeConfig, EncodeSettings, ModelSpec, from_mapping, setting_of
+from meter_batch.errors import ConfigError, SettingName
 
 
 def test_config_from_toml_rejects_unknown_keys(tmp_path):
@@ -43,3 +51,64 @@ def test_config_from_toml_builds_nested_dataclasses(tmp_path):
 def test_bad_values_name_the_setting_and_the_choices(changes, message):
     with pytest.raises(ConfigError, match=message):
         EncodeConfig(images_dir=Path("a"), store=Path("b"), **changes)
+
+
+ENCODE_SETTINGS = [f.name for f in dataclasses.fields(EncodeSettings)]
+HINTS = typing.get_type_hints(EncodeSettings)
+
+
+def _flag(name: str) -> str:
+    spec = next(f for f in dataclasses.fields(EncodeSettings) if f.name == name)
+    details = setting_of(spec)
+    assert details is not None
+    return details.flag or "--" + name.replace("_", "-")
+
+
+def _bad(name: str) -> object:
+    """A value of the right kind for the command line that the setting's check refuses."""
+    kind = HINTS[name]
+    if kind is int:
+        return -1
+    if kind is float:
+        return 0
+    if kind is bool:
+        return "yes"
+    return "nope"  # a Literal's choices
+
+
+@pytest.mark.parametrize("name", ENCODE_SETTINGS)
+def test_an_encode_setting_is_checked_once_and_named_by_each_surface(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _bad(name)
+    with pytest.raises(ConfigError) as from_api:
+        settings: dict[str, Any] = {name: bad}
+        api.encode(tmp_path / "images", tmp_path / "s", **settings)
+    assert from_api.value.settings[0] == name and str(from_api.value).startswith(name)
+    with pytest.raises(ConfigError) as from_job:
+        from_mapping(EncodeSettings, {name: bad}, "job.toml: encode")
+    assert from_job.value.settings[0] == name
+    assert str(from_job.value).startswith(f"job.toml: encode: {name} ")
+    if isinstance(bad, int) and not isinstance(bad, bool):  # argparse checks the rest itself
+        argv = ["encode", str(tmp_path), "--store", str(tmp_path / "s"), "--pretrained", "none"]
+        assert main([*argv, _flag(name), str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"meter-batch: error: {_flag(name)} must be"), err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", [["encode"], ["bench", "encode"]])
+def test_every_encode_setting_is_a_flag(command: list[str], capsys) -> None:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    shown = capsys.readouterr().out
+    missing = [name for name in ENCODE_SETTINGS if _flag(name) not in shown]
+    assert missing == []
+
+
+def test_a_setting_named_in_an_error_is_worded_by_the_caller() -> None:
+    error = ConfigError(SettingName("path_prefix"), " must look like 'name/'; got 'a and b'")
+    assert str(error) == "path_prefix must look like 'name/'; got 'a and b'"
+    assert error.worded({"path_prefix": "--prefix"}.__getitem__).startswith("--prefix must")
+    assert error.prefixed("job.toml: ").worded() == f"job.toml: {error}"
+    assert error.settings == ("path_prefix",)

@@ -6,6 +6,8 @@ tombstone names its image_id.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,10 +15,16 @@ import pyarrow.parquet as pq
 from meter_batch.store.commit import Store
 
 
+def read_columns(path: Path, columns: list[str]) -> pa.Table:
+    """Some columns of one part. (pq.read_table would go through pyarrow.dataset, whose
+    import loads pandas where it is installed: 0.36 s of every `verify`, measured.)"""
+    return pq.ParquetFile(path).read(columns=columns)
+
+
 def tombstoned_ids(store: Store) -> set[int]:
     ids: set[int] = set()
     for path in store.live_paths("tombstones"):
-        column = pq.read_table(path, columns=["image_id"]).column("image_id")
+        column = read_columns(path, ["image_id"]).column("image_id")
         ids.update(i for i in column.to_pylist() if i is not None)
     return ids
 
@@ -25,7 +33,7 @@ def live_ids(store: Store) -> set[int]:
     dead = tombstoned_ids(store)
     ids: set[int] = set()
     for path in store.live_paths("embeddings"):
-        ids.update(pq.read_table(path, columns=["image_id"]).column(0).to_pylist())
+        ids.update(read_columns(path, ["image_id"]).column(0).to_pylist())
     return ids - dead
 
 

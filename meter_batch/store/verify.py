@@ -19,7 +19,7 @@ from meter_batch.store.catalog import catalog_is_current
 from meter_batch.store.commit import Store, open_store
 from meter_batch.store.index import index_ids, load_index
 from meter_batch.store.layout import CATALOG, vectors_file
-from meter_batch.store.read import tombstoned_ids
+from meter_batch.store.read import read_columns, tombstoned_ids
 
 
 def verify(root: Path) -> tuple[list[str], dict[str, int]]:
@@ -49,7 +49,7 @@ def _check_parts(store: Store, problems: list[str]) -> list[int]:
     for relpath in store.manifest.embedding_parts:
         part = store.path(relpath)
         try:
-            part_ids = pq.read_table(part, columns=["image_id"]).column(0).to_pylist()
+            part_ids = read_columns(part, ["image_id"]).column(0).to_pylist()
         except (OSError, ValueError) as exc:
             problems.append(f"{relpath}: unreadable: {exc}")
             continue

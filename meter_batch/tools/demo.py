@@ -27,7 +27,6 @@ log = logging.getLogger("meter_batch")
 MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
 MODEL_CONFIG = MODEL_DIR / "meter-clip-tiny.json"
 MODEL_WEIGHTS = MODEL_DIR / "model.safetensors"
-TRAINING_SEED = 0  # the shipped model was trained on seed 0's renders (README)
 HELD_OUT_SEED = 1_000_003  # never used in training
 UNKNOWN = "unknown"  # an abstained prediction
 MARKER = ".meter-batch-demo"  # marks a folder whose heldout/ and store/ the demo owns

@@ -1,0 +1,65 @@
+"""The light commands stay light: the store, its catalog and the CLI load no torch.
+
+`lint-imports` (.importlinter, run by .ci/run) checks the import graph statically; this
+checks what a fresh interpreter really loads, through every import the code makes.
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import meter_batch.store
+from tests.helpers import OLD_STORE
+
+HEAVY = ("torch", "torchvision", "open_clip", "PIL", "tqdm")
+
+
+@dataclass(frozen=True)
+class Probe:
+    heavy: list[str]  # the heavy modules a fresh interpreter loaded
+    output: list[str]  # the lines it printed before
+
+
+def _loaded_after(code: str) -> Probe:
+    """Run ``code`` in a fresh interpreter; which heavy modules it loaded, and its output."""
+    probe = (
+        f"{code}\nimport sys, json\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    lines = done.stdout.strip().splitlines()
+    return Probe(json.loads(lines[-1]), lines[:-1])
+
+
+def test_every_store_module_and_the_cli_load_without_torch() -> None:
+    names = [m.name for m in pkgutil.iter_modules(meter_batch.store.__path__)]
+    assert {"catalog", "commit", "verify", "index", "layout", "records"} <= set(names)
+    imports = "; ".join(f"import meter_batch.store.{name}" for name in names)
+    code = f"{imports}; import meter_batch.cli as c; c.build_parser()"
+    assert _loaded_after(code).heavy == []
+
+
+def test_query_verify_and_rebuild_index_run_without_torch(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(OLD_STORE, store)
+    code = "\n".join(
+        [
+            "from meter_batch.cli import main",
+            f"assert main(['rebuild-index', {str(store)!r}]) == 0",
+            f"assert main(['query', {str(store)!r}, 'SELECT count(*) AS n FROM images',"
+            " '--format', 'json']) == 0",
+            f"assert main(['verify', {str(store)!r}]) == 0",
+        ]
+    )
+    found = _loaded_after(code)
+    assert found.heavy == []
+    output = [json.loads(line) for line in found.output]
+    assert output[0] == {"store": str(store), "indexed": 5}
+    assert output[1] == {"n": 5}
+    assert output[2] == {"store": str(store), "ok": True, "rows": 8, "live": 5, "tombstoned": 3}
