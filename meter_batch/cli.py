@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import inspect
 import json
 import logging
@@ -88,7 +87,7 @@ class _Command:
     the options only the terminal has (it returns their field -> flag names)."""
 
     name: str
-    run: Handler
+    run: Handler | None  # None: a command of commands, which runs one of its children
     help: str
     description: str
     settings: type | None = None
@@ -409,10 +408,11 @@ def _run_job(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from meter_batch.store.layout import CATALOG
     from meter_batch.tools.demo import HELD_OUT_SEED, run_demo
 
     settings = _from_args(DemoSettings, args)
-    results = run_demo(settings.dir, settings.count, settings.workers)
+    results = run_demo(settings)
     store = settings.dir / "store"
     print(f"\n{settings.count} held-out synthetic meters (seed {HELD_OUT_SEED}), shipped model")
     for result in results:
@@ -421,7 +421,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             f"({result.total} images)\n{result.table()}"
         )
     print(
-        f"\nstore:  {store}  (DuckDB catalog: {store / 'catalog.duckdb'})\n"
+        f"\nstore:  {store}  (DuckDB catalog: {store / CATALOG})\n"
         f"try:    meter-batch query {store} "
         '"SELECT label_set, label, count(*) AS n FROM latest_predictions '
         'GROUP BY ALL ORDER BY ALL"\n'
@@ -462,9 +462,12 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _run_bench(args: argparse.Namespace) -> int:
     """Each benchmark module has ``run(settings) -> results`` and ``table(results)``."""
+    from meter_batch.tools.bench import classify, encode, rescan
+
     command: _Command = args.command
-    bench = importlib.import_module(f"meter_batch.tools.bench.{command.name}")
-    settings: Any = _from_args(command.settings or object, args)
+    bench = {"encode": encode, "classify": classify, "rescan": rescan}[command.name]
+    assert command.settings is not None  # every benchmark has its settings
+    settings: Any = _from_args(command.settings, args)
     results = bench.run(settings)
     print(bench.table(results))
     _write_json(settings.json, results)
@@ -583,7 +586,7 @@ _COMMANDS = (
     ),
     _Command(
         "bench",
-        _run_bench,
+        None,
         help="benchmarks that print their figures",
         description="Benchmarks that print their figures; each has its own options "
         "(`meter-batch bench encode --help`).",

@@ -299,7 +299,7 @@ class SynthSettings:
     count: int = setting("images", default=3000)
     seed: int = setting("image i depends only on (seed, i)", default=0, minimum=0)
     captions_per_image: int = setting("caption rows per image", default=2)
-    workers: int = setting("processes", factory=default_workers)
+    workers: int = setting("processes (0 or 1: in this one)", factory=default_workers, minimum=0)
 
 
 @settings(kw_only=True)

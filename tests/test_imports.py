@@ -6,6 +6,7 @@ checks what a fresh interpreter really loads, through every import the code make
 
 from __future__ import annotations
 
+import configparser
 import json
 import pkgutil
 import shutil
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import meter_batch.store
-from tests.helpers import OLD_STORE
+from tests.helpers import OLD_STORE, REPO
 
-HEAVY = ("torch", "torchvision", "open_clip", "PIL", "tqdm")
+HEAVY = ("torch", "torchvision", "open_clip", "PIL", "tqdm", "pandas", "faiss")
+USES_THE_INDEX = {"index", "verify", "rebuild_index"}  # may load faiss
 
 
 @dataclass(frozen=True)
@@ -37,17 +39,33 @@ def _loaded_after(code: str) -> Probe:
     return Probe(json.loads(lines[-1]), lines[:-1])
 
 
+STORE_MODULES = [m.name for m in pkgutil.iter_modules(meter_batch.store.__path__)]
+
+
 def test_every_store_module_and_the_cli_load_without_torch() -> None:
-    names = [m.name for m in pkgutil.iter_modules(meter_batch.store.__path__)]
-    assert {"catalog", "commit", "verify", "index", "layout", "records"} <= set(names)
-    imports = "; ".join(f"import meter_batch.store.{name}" for name in names)
+    assert {"catalog", "commit", "verify", "index", "layout", "records"} <= set(STORE_MODULES)
+    light = [name for name in STORE_MODULES if name not in USES_THE_INDEX]
+    imports = "; ".join(f"import meter_batch.store.{name}" for name in light)
     code = f"{imports}; import meter_batch.cli as c; c.build_parser()"
     assert _loaded_after(code).heavy == []
+    imports = "; ".join(f"import meter_batch.store.{name}" for name in USES_THE_INDEX)
+    assert _loaded_after(imports).heavy == ["faiss"]
 
 
-def test_query_verify_and_rebuild_index_run_without_torch(tmp_path: Path) -> None:
+def test_the_faiss_contract_names_every_store_module_that_does_not_use_the_index() -> None:
+    rules = configparser.ConfigParser()
+    rules.read(REPO / ".importlinter")
+    listed = rules["importlinter:contract:faiss-where-the-index-is"]["source_modules"].split()
+    assert sorted(listed) == sorted(
+        f"meter_batch.store.{name}" for name in STORE_MODULES if name not in USES_THE_INDEX
+    )
+
+
+def test_query_loads_no_faiss_and_verify_and_rebuild_index_no_torch(tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(OLD_STORE, store)
+    query = f"from meter_batch.cli import main; main(['query', {str(store)!r}, 'SELECT 1'])"
+    assert _loaded_after(query).heavy == []
     code = "\n".join(
         [
             "from meter_batch.cli import main",
@@ -58,7 +76,7 @@ def test_query_verify_and_rebuild_index_run_without_torch(tmp_path: Path) -> Non
         ]
     )
     found = _loaded_after(code)
-    assert found.heavy == []
+    assert found.heavy == ["faiss"]
     output = [json.loads(line) for line in found.output]
     assert output[0] == {"store": str(store), "indexed": 5}
     assert output[1] == {"n": 5}

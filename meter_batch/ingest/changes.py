@@ -80,7 +80,12 @@ class Standing:
     size: int | None
     mtime_ns: int | None
     run_id: str
-    kind: FailureKind
+    kind: FailureKind | None  # None: a kind this version does not know
+
+    @property
+    def retried(self) -> bool:
+        """Whether the unchanged file is tried again (FailureKind.retried)."""
+        return self.kind is None or self.kind.retried
 
 
 def standing_failures(store: Store, prefix: bytes) -> dict[bytes, Standing]:
@@ -192,7 +197,7 @@ def plan_changes(root: Path, work: WorkList, store: Store, prefix: bytes) -> Pla
             restat.append(position)
         elif (
             failed is not None
-            and not failed.kind.retried
+            and not failed.retried
             and (failed.size, failed.mtime_ns) == (work.sizes[position], work.mtimes_ns[position])
         ):
             plan.skipped += 1  # a broken file that has not changed is not retried

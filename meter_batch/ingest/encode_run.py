@@ -226,15 +226,15 @@ class _EncodeRun:
         old_rows = fetch_rows(self.store, [self.changes.touched[p].old_id for p in positions])
         for position in positions:
             touched = self.changes.touched[position]
-            row = old_rows[touched.old_id]
-            embedding = np.asarray(row["embedding"], dtype=np.float16)[None, :]
+            old = old_rows[touched.old_id]
+            embedding = np.asarray(old.embedding, dtype=np.float16)[None, :]
             rows = ImageRows(
                 relpaths=[self._stored(self.work.relpath(position))],
                 sizes=self.work.sizes[[position]],
                 mtimes_ns=self.work.mtimes_ns[[position]],
-                widths=[int(row["width"])],  # type: ignore[call-overload]
-                heights=[int(row["height"])],  # type: ignore[call-overload]
-                frames=[int(row["frames"])],  # type: ignore[call-overload]
+                widths=[old.width],
+                heights=[old.height],
+                frames=[old.frames],
                 hashes=[touched.content_hash],
                 embeddings=embedding,
             )
@@ -266,18 +266,18 @@ class _EncodeRun:
             index_relpath = index_file(manifest.seq + 1)
             staged_index = staged_path(self.store, index_relpath)
             save_index(index, staged_index)
-        changes: dict[str, Any] = {
-            "next_image_id": self.writer.next_image_id,
-            "embedding_parts": manifest.embedding_parts + staged.embeddings,
-            "failure_parts": manifest.failure_parts + staged.failures,
-            "tombstone_parts": manifest.tombstone_parts + staged.tombstones,
-            "index": index_relpath,
-            "index_current": final,
-            "path_prefixes": tuple(sorted({*manifest.path_prefixes, self.config.path_prefix})),
-        }
-        if record is not None:
-            changes["runs"] = (*manifest.runs, record)
-        commit(self.store, next_manifest(self.store, **changes), staged.files, staged_index)
+        updated = next_manifest(
+            self.store,
+            next_image_id=self.writer.next_image_id,
+            embedding_parts=manifest.embedding_parts + staged.embeddings,
+            failure_parts=manifest.failure_parts + staged.failures,
+            tombstone_parts=manifest.tombstone_parts + staged.tombstones,
+            index=index_relpath,
+            index_current=final,
+            path_prefixes=tuple(sorted({*manifest.path_prefixes, self.config.path_prefix})),
+            runs=manifest.runs if record is None else (*manifest.runs, record),
+        )
+        commit(self.store, updated, staged.files, staged_index)
         self.commits += 1
         refresh_catalog(self.store)  # analysts see a long run's progress; an interrupted
         # first run can be queried

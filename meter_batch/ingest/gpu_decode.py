@@ -5,7 +5,7 @@ On a GPU machine, 16 cores decode ~1,100 JPEGs/s while nvjpeg decodes 3,000-6,00
 bytes) and this stage turns the bytes into model-sized pixels on the device: resize of
 the short side (bicubic, antialiased) and a center crop, as open_clip's preprocess does,
 resizing only the part of the frame the crop keeps (``kept_input``).
-Anything nvjpeg rejects goes to the CPU path (in pipeline.py: a fresh process with a
+Anything nvjpeg rejects goes to the CPU path (in encode_loop.py: a fresh process with a
 deadline, as workers.py isolates crashes), so it still becomes pixels or a failure row
 with a reason. Embeddings stay within cosine 0.9994 of the reference.
 """

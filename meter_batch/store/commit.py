@@ -23,16 +23,19 @@ import pyarrow.parquet as pq
 
 from meter_batch import faults
 from meter_batch.config import ModelSpec
-from meter_batch.errors import ModelMismatchError, StoreError, StoreLockedError
+from meter_batch.errors import ConfigError, ModelMismatchError, StoreError, StoreLockedError
 from meter_batch.model.identity import ModelIdentity
 from meter_batch.store.layout import (
     DATA_FOLDERS,
     LOCK_FILE,
+    MANIFEST_GLOB,
     STORE_FILE,
+    TEMP_GLOB,
     Folder,
     LiveKind,
     manifest_file,
     staged_name,
+    temp_name,
     vectors_file,
 )
 from meter_batch.store.records import FORMAT_VERSION, Manifest
@@ -79,7 +82,7 @@ def open_store(root: Path) -> Store:
 def _model_source(root: Path, data: Any) -> ModelSpec:
     try:
         return ModelSpec(**data)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise StoreError(f"{root / STORE_FILE}: unreadable model_source ({exc})") from exc
 
 
@@ -219,7 +222,7 @@ def _read_store_file(root: Path) -> dict[str, Any]:
 
 
 def _manifest_files(root: Path) -> list[Path]:
-    return sorted((root / Folder.MANIFESTS).glob("*.json"))
+    return sorted((root / Folder.MANIFESTS).glob(MANIFEST_GLOB))
 
 
 def _latest(root: Path) -> Manifest:
@@ -240,7 +243,7 @@ def _remove_debris(store: Store) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
     manifests = store.root / Folder.MANIFESTS
-    for temp in [*store.root.glob(".*.tmp-*"), *manifests.glob(".*.tmp-*")]:
+    for temp in [*store.root.glob(TEMP_GLOB), *manifests.glob(TEMP_GLOB)]:
         temp.unlink(missing_ok=True)
     for folder in DATA_FOLDERS:
         for path in sorted((store.root / folder).rglob("*")):
@@ -338,7 +341,7 @@ def next_manifest(store: Store, **changes: Any) -> Manifest:
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object], fault: str = "") -> None:
     """Temp file in the same folder, fsync, rename, fsync the folder."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp = path.with_name(temp_name(path.name))
     with open(temp, "wb") as handle:
         write(handle)
         handle.flush()

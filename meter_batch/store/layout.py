@@ -17,6 +17,7 @@ STORE/
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -74,7 +75,7 @@ def index_file(seq: int) -> str:
 
 
 def manifest_file(seq: int) -> str:
-    return f"{Folder.MANIFESTS}/{seq:012d}.json"
+    return f"{Folder.MANIFESTS}/{seq:012d}.json"  # (matches MANIFEST_GLOB)
 
 
 def vectors_file(parquet_relpath: str) -> str:
@@ -86,6 +87,19 @@ def vectors_file(parquet_relpath: str) -> str:
 def staged_name(relpath: str) -> str:
     """A file's name in staging/ while its commit is in progress."""
     return relpath.replace("/", "__")
+
+
+def catalog_empty_file(kind: LiveKind) -> str:
+    return f"{CATALOG_EMPTY}/{kind}{PARQUET_SUFFIX}"
+
+
+MANIFEST_GLOB = "*.json"  # in manifests/; the names sort in commit order
+TEMP_GLOB = ".*.tmp-*"  # files written under a temporary name, renamed when complete
+
+
+def temp_name(name: str) -> str:
+    """The name ``name`` is written under, in the same folder, until it is complete."""
+    return f".{name}.tmp-{os.getpid()}"
 
 
 def new_run_id() -> str:

@@ -6,6 +6,7 @@ tombstone names its image_id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,19 +38,29 @@ def live_ids(store: Store) -> set[int]:
     return ids - dead
 
 
-def fetch_rows(store: Store, ids: list[int]) -> dict[int, dict[str, object]]:
-    """width, height, frames and embedding of stored rows, by image_id (touched files)."""
+@dataclass(frozen=True)
+class StoredImage:
+    """What a new row of the same bytes carries over from a stored one (touched files)."""
+
+    width: int
+    height: int
+    frames: int
+    embedding: np.ndarray  # (D,) float16
+
+
+def fetch_rows(store: Store, ids: list[int]) -> dict[int, StoredImage]:
+    """The stored rows of ``ids``, by image_id."""
     if not ids:
         return {}
-    found: dict[int, dict[str, object]] = {}
+    found: dict[int, StoredImage] = {}
     columns = ["image_id", "width", "height", "frames", "embedding"]
     for path in store.live_paths("embeddings"):
         table = pq.read_table(path, columns=columns, filters=[("image_id", "in", ids)])
         matrix = embedding_matrix(table)
-        for i, row in enumerate(
-            table.select(["image_id", "width", "height", "frames"]).to_pylist()
-        ):
-            found[row["image_id"]] = {**row, "embedding": matrix[i]}
+        for i, row in enumerate(table.select(columns[:4]).to_pylist()):
+            found[row["image_id"]] = StoredImage(
+                row["width"], row["height"], row["frames"], matrix[i]
+            )
     return found
 
 

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, ClassVar
 
-from meter_batch.errors import StoreError
-
 FORMAT_VERSION = 2  # 2: frames column, pixel policy in the model identity
 
 # A decoder process that crashed or hung is recorded as `decode_error` (the kind users
@@ -48,14 +46,12 @@ class FailureKind(Enum):
         return self.stored
 
     @classmethod
-    def of_stored(cls, kind: str, message: str) -> FailureKind:
-        """The kind of a failure row read back from the store."""
+    def of_stored(cls, kind: str, message: str) -> FailureKind | None:
+        """The kind of a failure row read back from the store; None for a kind this
+        version does not know (a newer one wrote it), which is retried."""
         if kind == cls.DECODE_ERROR.stored and message.startswith(DECODER_FAULT_PREFIX):
             return cls.DECODER_FAULT
-        found = next((k for k in cls if k.stored == kind and k is not cls.DECODER_FAULT), None)
-        if found is None:
-            raise StoreError(f"a failure row has the unknown kind {kind!r}")
-        return found
+        return next((k for k in cls if k.stored == kind and k is not cls.DECODER_FAULT), None)
 
 
 def decoder_fault(what: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pyarrow.ipc as ipc
@@ -22,12 +23,20 @@ from meter_batch.store.layout import CATALOG, vectors_file
 from meter_batch.store.read import read_columns, tombstoned_ids
 
 
-def verify(root: Path) -> tuple[list[str], dict[str, int]]:
-    """(problems, counts) for the store at ``root``."""
+class Report(NamedTuple):
+    """What verify found: every problem (none: consistent), and the rows it counted
+    (rows, live, tombstoned; empty when the store could not be opened)."""
+
+    problems: list[str]
+    counts: dict[str, int]
+
+
+def verify(root: Path) -> Report:
+    """Check the store at ``root``."""
     try:
         store = open_store(root)
     except MeterBatchError as exc:
-        return [str(exc)], {}
+        return Report([str(exc)], {})
     problems: list[str] = []
     ids = _check_parts(store, problems)
     duplicates = [i for i, n in Counter(ids).items() if n > 1]
@@ -40,8 +49,7 @@ def verify(root: Path) -> tuple[list[str], dict[str, int]]:
     _check_index(store, live, problems)
     _check_catalog(store, len(live), problems)
     _check_label_sets(store, problems)
-    counts = {"rows": len(ids), "live": len(live), "tombstoned": len(dead)}
-    return problems, counts
+    return Report(problems, {"rows": len(ids), "live": len(live), "tombstoned": len(dead)})
 
 
 def _check_parts(store: Store, problems: list[str]) -> list[int]:

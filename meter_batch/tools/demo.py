@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from meter_batch.config import EncodeConfig, ModelSpec, default_workers
+from meter_batch.config import DemoSettings, EncodeConfig, ModelSpec
 from meter_batch.errors import ConfigError
 from meter_batch.ingest.encode_run import RunSummary, encode
 from meter_batch.labels.classify_run import classify
@@ -88,14 +88,14 @@ def labelsets_folder() -> Path:
         return Path(__file__).resolve().parents[2] / "jobs" / "labelsets"
 
 
-def run_demo(folder: Path, count: int, workers: int | None = None) -> list[Confusion]:
+def run_demo(settings: DemoSettings) -> list[Confusion]:
     """Render, encode, classify with every label set in CHECKS, and score the answers."""
     from meter_batch.tools.synthetic import write_synthetic_set
 
+    folder, count, workers = settings.dir, settings.count, settings.workers
     _claim(folder)
     for old in ("heldout", "store"):  # the demo's own outputs from an earlier run
         shutil.rmtree(folder / old, ignore_errors=True)
-    workers = default_workers() if workers is None else workers
     log.info("rendering %d held-out meters (seed %d) into %s", count, HELD_OUT_SEED, folder)
     rendered = write_synthetic_set(folder / "heldout", count, HELD_OUT_SEED, 1, workers)
     store = folder / "store"

@@ -60,7 +60,8 @@ def test_its_rows_runs_failures_and_predictions_are_queried(old_store: Path, cap
     kinds = {r["path"]: r["kind"] for r in failures.to_pylist()}
     assert kinds == {"not-an-image.jpg": "unidentified", "truncated.jpg": "truncated"}
     for row in failures.to_pylist():  # read back as the kinds that are not retried
-        assert not FailureKind.of_stored(row["kind"], row["message"]).retried
+        kind = FailureKind.of_stored(row["kind"], row["message"])
+        assert kind is not None and not kind.retried
     predicted = run_query(old_store, "SELECT count(*) AS n FROM latest_predictions")
     assert predicted.to_pylist() == [{"n": 5}]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from meter_batch.cli import main
+from meter_batch.config import DemoSettings
 from meter_batch.tools.demo import MODEL_DIR, MODEL_WEIGHTS, run_demo
 
 # A little below what `meter-batch demo` measured on 600 held-out images (README: 99.5 %,
@@ -28,7 +29,7 @@ def test_the_shipped_checkpoint_is_the_recorded_one() -> None:
 
 @pytest.mark.slow
 def test_the_demo_classifies_held_out_meters(tmp_path: Path) -> None:
-    results = {r.label_set: r for r in run_demo(tmp_path, 60, workers=0)}
+    results = {r.label_set: r for r in run_demo(DemoSettings(dir=tmp_path, count=60, workers=0))}
     assert set(results) == set(MIN_ACCURACY)
     for name, result in results.items():
         assert result.total == 60, name

@@ -19,7 +19,16 @@ SYNTHETIC_MODEL = ModelSpec("synthetic", "none")
 
 
 def synthetic_identity(dim: int) -> ModelIdentity:
-    return ModelIdentity("synthetic", "-", "none", None, 0, False, {}, dim)  # default pixel policy
+    return ModelIdentity(
+        architecture="synthetic",
+        config_sha256="-",
+        pretrained="none",
+        checkpoint_sha256=None,
+        seed=0,
+        quick_gelu=False,
+        preprocess={},
+        embed_dim=dim,
+    )
 
 
 def fake_rows(start: int, count: int, vectors: np.ndarray) -> ImageRows:

@@ -205,7 +205,9 @@ def _decode_capacity(
     seconds that took, and the seconds inside the device decoder (nvjpeg + resize)."""
     stage, options, device = plan.stage, plan.options, plan.device
     dataset = ImageFiles(os.fsencode(config.images_dir.resolve()), work, options)
-    settings = LoaderSettings(config.batch_size, config.workers, device.is_cuda, 60.0)
+    settings = LoaderSettings(
+        config.batch_size, config.workers, device.is_cuda, config.decode_timeout
+    )
     on_device = DeviceJpegDecoder(device.device, stage.short_side, options)
     if options.jpeg_on_device:  # nvjpeg's one-off set-up is not decode capacity
         on_device.warm_up()
