@@ -41,32 +41,27 @@ def image_dir(tmp_path: Path) -> tuple[Path, list[str]]:
 
 
 @pytest.fixture
+def checkpoint_model(configs: dict[str, Path], vit_checkpoint: Path) -> ModelSpec:
+    return ModelSpec(str(configs["vit"]), str(vit_checkpoint))
+
+
+@pytest.fixture
 def store(
-    tmp_path: Path,
-    image_dir: tuple[Path, list[str]],
-    configs: dict[str, Path],
-    vit_checkpoint: Path,
+    tmp_path: Path, image_dir: tuple[Path, list[str]], checkpoint_model: ModelSpec
 ) -> tuple[Path, Path, ModelSpec]:
     """image_dir encoded with the checkpoint (fast path): (images, store, model)."""
     images, _ = image_dir
-    spec = ModelSpec(str(configs["vit"]), str(vit_checkpoint))
-    config = EncodeConfig(images_dir=images, store=tmp_path / "store", model=spec, workers=0)
-    encode(config, interactive=False)
-    return images, tmp_path / "store", spec
+    encode(EncodeConfig(images_dir=images, store=tmp_path / "store", model=checkpoint_model,
+                        workers=0), interactive=False)  # fmt: skip
+    return images, tmp_path / "store", checkpoint_model
 
 
 @pytest.fixture
 def encoded(
-    tmp_path: Path,
-    image_dir: tuple[Path, list[str]],
-    configs: dict[str, Path],
-    vit_checkpoint: Path,
+    tmp_path: Path, image_dir: tuple[Path, list[str]], checkpoint_model: ModelSpec
 ) -> tuple[Path, list[str], Path]:
     """image_dir encoded with the checkpoint, exact pixels: (images, relpaths, store)."""
     images, relpaths = image_dir
-    spec = ModelSpec(str(configs["vit"]), str(vit_checkpoint))
-    config = EncodeConfig(
-        images_dir=images, store=tmp_path / "store", model=spec, workers=0, exact=True
-    )
-    encode(config, interactive=False)
+    encode(EncodeConfig(images_dir=images, store=tmp_path / "store", model=checkpoint_model,
+                        workers=0, exact=True), interactive=False)  # fmt: skip
     return images, relpaths, tmp_path / "store"
