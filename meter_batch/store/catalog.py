@@ -4,10 +4,12 @@
 place, so a reader never sees a half-built catalog. View SQL lives in sql/; Python only
 fills in file lists taken from the manifest and the embedding dimension. Label text
 and other user data reach DuckDB only as data (Arrow tables) or bound parameters.
+`query` runs one SELECT in a sandbox: read-only, confined to the store, settings locked.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from datetime import datetime
@@ -20,8 +22,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from meter_batch import faults
 from meter_batch.errors import ConfigError, StoreError
-from meter_batch.store.commit import Store, fsync_dir, open_store
+from meter_batch.store.commit import Store, fsync_dir, open_store, write_error
 from meter_batch.store.layout import CATALOG, LiveKind, catalog_empty_file, temp_name
 from meter_batch.store.records import LabelSetEntry, RunRecord
 from meter_batch.store.schema import (
@@ -52,23 +55,68 @@ def named_queries() -> dict[str, str]:
 
 
 def refresh_catalog(store: Store) -> Path:
-    """Rebuild STORE/catalog.duckdb from the current manifest; atomic for readers."""
+    """Rebuild STORE/catalog.duckdb from the current manifest; atomic for readers.
+
+    On any failure the previous catalog stays in place and the temp file (and its .wal)
+    is removed: a full disk raises the same one-line StoreError as a failed commit."""
     final = store.root / CATALOG
     temp = store.root / temp_name(CATALOG)
-    temp.unlink(missing_ok=True)
+    _remove_temp(temp)  # a .wal left beside a reused temp name would be replayed into it
     try:
-        with duckdb.connect(str(temp)) as con:
-            _create_tables(con, store)
-            for statement in _view_statements(store):
-                con.execute(statement)
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        _build_catalog(temp, store)
         os.replace(temp, final)
         fsync_dir(store.root)
     except (OSError, duckdb.Error) as exc:
-        temp.unlink(missing_ok=True)
-        raise StoreError(f"rebuilding {final} failed: {exc}") from exc
+        raise _rebuild_error(final, exc) from exc
+    finally:
+        _remove_temp(temp)
     return final
+
+
+def _build_catalog(temp: Path, store: Store) -> None:
+    """The catalog written whole into ``temp``, fsynced, nothing left in a .wal."""
+    with duckdb.connect(str(temp)) as con:
+        _create_tables(con, store)
+        for statement in _view_statements(store):
+            con.execute(statement)
+        _checkpoint(con)
+    if _wal(temp).exists():  # what it holds would be lost by the rename
+        raise StoreError(f"rebuilding the catalog in {temp} failed: DuckDB left its .wal")
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    faults.point("catalog")
+
+
+def _checkpoint(con: duckdb.DuckDBPyConnection) -> None:
+    """Write the tables into the database file now. close() would checkpoint too, but it
+    swallows a failure (disk full) and leaves the data in the .wal, which the rename to
+    catalog.duckdb then leaves behind: an empty catalog. CHECKPOINT raises instead."""
+    con.execute("CHECKPOINT")
+
+
+def _wal(database: Path) -> Path:
+    return database.with_name(database.name + ".wal")
+
+
+def _remove_temp(temp: Path) -> None:
+    temp.unlink(missing_ok=True)
+    _wal(temp).unlink(missing_ok=True)
+
+
+# What DuckDB's messages say (strerror) when the disk is full or failing, as errnos
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
+def _rebuild_error(final: Path, exc: OSError | duckdb.Error) -> StoreError:
+    """One line; a full disk worded as commit.write_error words it, whichever library
+    reported it (DuckDB names the errno only inside its message)."""
+    if isinstance(exc, OSError):
+        return write_error(final, exc)
+    text = str(exc)
+    for code in _DISK_ERRNOS:
+        if os.strerror(code) in text:
+            return write_error(final, OSError(code, os.strerror(code)))
+    return StoreError(f"rebuilding {final} failed: {text.splitlines()[0]}")
 
 
 def _view_statements(store: Store) -> list[str]:
@@ -99,12 +147,25 @@ def _file_list(store: Store, kind: LiveKind, schema: pa.Schema) -> str:
         empty.parent.mkdir(exist_ok=True)
         # replaced whole, never rewritten in place: a query of the current catalog reads
         # this file while an encode's next commit rebuilds the catalog
-        temp = empty.with_name(temp_name(empty.name))
+        _write_empty(empty, schema)
+        paths = [empty]
+    quoted = ", ".join(_quote(p.resolve()) for p in paths)
+    return f"[{quoted}]"
+
+
+def _write_empty(empty: Path, schema: pa.Schema) -> None:
+    temp = empty.with_name(temp_name(empty.name))
+    try:
         pq.write_table(schema.empty_table(), temp)
         os.replace(temp, empty)
-        paths = [empty]
-    quoted = ", ".join("'" + str(p.resolve()).replace("'", "''") + "'" for p in paths)
-    return f"[{quoted}]"
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise write_error(empty, exc) from exc
+
+
+def _quote(path: Path) -> str:
+    """``path`` as an SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _create_tables(con: duckdb.DuckDBPyConnection, store: Store) -> None:
@@ -178,20 +239,69 @@ def catalog_is_current(store: Store) -> bool:
 
 
 def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
-    """Run ``sql`` against the catalog, read-only; ``params`` are bound, never spliced."""
+    """Run one SELECT against the catalog in a sandbox: nothing written, no file outside
+    the store read, no extension loaded, settings locked. ``params`` are bound, never
+    spliced."""
     catalog = store_root / CATALOG
     if not catalog.exists():
         raise StoreError(f"{store_root} has no {CATALOG}: run encode into it first")
     try:
-        con = duckdb.connect(str(catalog), read_only=True)
+        with _open_sandboxed(store_root) as con:
+            return con.sql(_one_select(con, sql), params=params or None).to_arrow_table()
+    except duckdb.Error as exc:  # the connection is closed here: the hint opens its own
+        hint = _stale_hint(store_root)
+        raise ConfigError(f"query failed: {str(exc).splitlines()[0]}{hint}") from exc
+
+
+# Set when the database starts: DuckDB takes allowed_directories only afterwards (SET).
+# No extension is installed or loaded behind a query's back (the sandbox refuses LOAD
+# itself too); a big query spills beside the catalog, as it did when opened directly.
+_SANDBOX_CONFIG = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
+
+
+def _open_sandboxed(store_root: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory database of its own with the catalog attached read-only: SETs on a
+    connection opened on catalog.duckdb itself would reach every connection this process
+    has on that file (DuckDB shares one database per path), and could not differ."""
+    catalog = store_root / CATALOG
+    spill = f"{catalog.absolute()}.tmp"
+    config: dict[str, Any] = {**_SANDBOX_CONFIG, "temp_directory": spill}
+    con = duckdb.connect(":memory:", config=config)
+    try:
+        con.execute(f"ATTACH {_quote(catalog.absolute())} AS catalog (READ_ONLY)")
+        con.execute("USE catalog")
+        # reads inside the store only (the views name its files by absolute path; a
+        # path given through a symlinked store name is allowed as well)
+        con.execute("SET allowed_directories = $dirs", {"dirs": _store_dirs(store_root)})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")  # no SET can undo the above
     except duckdb.Error as exc:
+        con.close()
         raise StoreError(f"cannot open {catalog}: {str(exc).splitlines()[0]}") from exc
-    with con:
-        try:
-            return con.sql(sql, params=params or None).to_arrow_table()
-        except duckdb.Error as exc:
-            hint = _stale_hint(store_root)
-            raise ConfigError(f"query failed: {str(exc).splitlines()[0]}{hint}") from exc
+    return con
+
+
+def _store_dirs(store_root: Path) -> list[str]:
+    # a trailing separator: DuckDB matches prefixes, and STORE2/ must not pass for STORE
+    roots = {store_root.absolute(), store_root.resolve()}
+    return sorted(os.path.join(root, "") for root in roots)
+
+
+def _one_select(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """``sql`` if it is exactly one SELECT (SHOW, DESCRIBE and SUMMARIZE are SELECTs).
+    The sandbox lets DuckDB read and write inside the store, which the views need for
+    reading; refusing every other statement (COPY, EXPORT, ATTACH, LOAD, SET, CALL,
+    PRAGMA, EXPLAIN ANALYZE of a COPY ...) is what keeps the store's files unwritten."""
+    statements = con.extract_statements(sql)
+    kinds = [statement.type for statement in statements]
+    if kinds != [duckdb.StatementType.SELECT]:
+        found = ", ".join(kind.name for kind in kinds) or "no statement"
+        raise ConfigError(f"query failed: only a single SELECT may run, not {found}")
+    return str(statements[0].query)
 
 
 def _stale_hint(store_root: Path) -> str:

@@ -1,22 +1,30 @@
 """The DuckDB catalog: the query command's formats and named queries, the views, a stale
-catalog rebuilt, and the catalog opened read-only by another process."""
+catalog rebuilt, the catalog opened read-only by another process, and a rebuild on a full
+disk (the previous catalog stays). What `query` may not do: test_query_sandbox.py."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 
 from meter_batch.cli import main
 from meter_batch.config import EncodeConfig
-from meter_batch.errors import ConfigError
+from meter_batch.errors import ConfigError, StoreError
 from meter_batch.ingest.encode_run import encode
 from meter_batch.labels.classify_run import classify
-from meter_batch.store.catalog import catalog_is_current, run_query
+from meter_batch.store.catalog import catalog_is_current, refresh_catalog, run_query
 from meter_batch.store.commit import open_store
 from tests.helpers import labels_toml
 
@@ -72,8 +80,6 @@ def test_bad_query_is_one_line_exit_2(store, capsys):
 
 def _make_catalog_old(root: Path) -> None:
     """As an older meter-batch left it: no version, no jpeg_decode / compile columns."""
-    import duckdb
-
     with duckdb.connect(str(root / "catalog.duckdb")) as con:
         seq = con.sql("SELECT manifest_seq FROM catalog_info").fetchall()[0][0]
         con.execute("DROP TABLE catalog_info")
@@ -132,3 +138,126 @@ def test_catalog_opens_read_only_in_another_process(encoded, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["14", "14", "FLOAT[32]"]
+
+
+# --- a catalog rebuild on a full disk ----------------------------------------------------
+
+DISK_FULL = (
+    'FATAL Error: Failed to create checkpoint because of error: Could not write file "{}": '
+    "No space left on device"
+)
+
+
+class _FullDiskConnection:
+    """A catalog build as DuckDB does it on a full disk: CHECKPOINT raises DuckDB's error,
+    and close() leaves the tables in the .wal (DuckDB swallows the failed checkpoint)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str) -> None:
+        self._con, self._path = con, path
+        con.execute("PRAGMA disable_checkpoint_on_shutdown")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+    def __enter__(self) -> _FullDiskConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._con.close()
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.strip().upper() == "CHECKPOINT":
+            raise duckdb.FatalException(DISK_FULL.format(self._path))
+        return self._con.execute(sql, *args)
+
+
+def _fill_disk_while_rebuilding(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = duckdb.connect
+
+    def connect(database: str = ":memory:", read_only: bool = False, **kw: Any) -> Any:
+        con = real(database, read_only=read_only, **kw)
+        is_temp = ".tmp-" in str(database) and not read_only
+        return _FullDiskConnection(con, str(database)) if is_temp else con
+
+    monkeypatch.setattr(duckdb, "connect", connect)
+
+
+def _debris(root: Path) -> list[str]:
+    left = [*root.rglob(".*.tmp-*"), *root.rglob("*.wal")]
+    return sorted(str(p.relative_to(root)) for p in left)
+
+
+def _assert_previous_catalog(root: Path, before: bytes) -> None:
+    assert (root / "catalog.duckdb").read_bytes() == before
+    assert run_query(root, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 14}]
+    assert _debris(root) == []
+
+
+def test_a_full_disk_at_the_checkpoint_keeps_the_previous_catalog(encoded, monkeypatch):
+    _, _, root = encoded
+    before = (root / "catalog.duckdb").read_bytes()
+    _fill_disk_while_rebuilding(monkeypatch)
+    with pytest.raises(StoreError) as caught:
+        refresh_catalog(open_store(root))
+    assert str(caught.value) == (
+        f"writing to {root / 'catalog.duckdb'} failed: disk full; the last commit is intact"
+    )
+    _assert_previous_catalog(root, before)
+    monkeypatch.undo()  # space again: the next rebuild installs a good catalog
+    refresh_catalog(open_store(root))
+    assert catalog_is_current(open_store(root)) and _debris(root) == []
+
+
+def test_a_full_disk_writing_an_empty_stand_in_keeps_the_previous_catalog(encoded, monkeypatch):
+    _, _, root = encoded
+    before = (root / "catalog.duckdb").read_bytes()
+
+    def write_table(table: Any, where: Any, **kw: Any) -> None:
+        Path(where).write_bytes(b"PAR1 half written")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", write_table)
+    with pytest.raises(StoreError, match=r"catalog-empty/.* failed: disk full; the last"):
+        refresh_catalog(open_store(root))
+    _assert_previous_catalog(root, before)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs (root only): a disk that really fills up."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)]
+    if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def _fill(folder: Path, leave: int) -> None:
+    """Fill ``folder``'s file system until only ``leave`` bytes are free."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 65536)
+        os.ftruncate(fd, os.fstat(fd).st_size - leave)
+    finally:
+        os.close(fd)
+
+
+def test_a_really_full_disk_keeps_the_previous_catalog(encoded, small_disk):
+    _, _, encoded_root = encoded
+    root = small_disk / "store"
+    shutil.copytree(encoded_root, root)
+    refresh_catalog(open_store(root))  # the views name this copy's files
+    before = (root / "catalog.duckdb").read_bytes()
+    _fill(small_disk, leave=64 * 1024)
+    with pytest.raises(StoreError, match="failed: disk full; the last commit is intact"):
+        refresh_catalog(open_store(root))
+    _assert_previous_catalog(root, before)
+    (small_disk / "filler").unlink()
+    refresh_catalog(open_store(root))
+    assert catalog_is_current(open_store(root)) and _debris(root) == []
