@@ -10,6 +10,7 @@ This module imports nothing heavy: the CLI builds its parser from it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -32,6 +33,7 @@ JpegDecode = Literal["auto", "workers", "device"]
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 JPEG_DECODERS: tuple[str, ...] = typing.get_args(JpegDecode)
+MAX_DECODE_TIMEOUT = 86_400.0  # seconds: a file that takes a day to decode is hung
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Setting:
     positional: str | None = None  # a CLI positional argument, by this metavar
     cli: bool = True  # False: set from files and the API only
     minimum: int = 1  # integers (and tuples of them): at least this; floats: 0 allows 0
+    maximum: float | None = None  # floats: at most this (and finite, always)
     check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
     shown_default: str | None = None  # the default as the help shows it
 
@@ -124,10 +127,8 @@ def value_problem(value: Any, hint: Any, details: Setting) -> str | None:
         return f"must be true or false; got {value!r}"
     elif kind is int and not _is_integer(value, details.minimum):
         return f"must be an integer >= {details.minimum}; got {value!r}"
-    elif kind is float and not _is_number(value, details.minimum):
-        if details.minimum == 0:
-            return f"must be a number >= 0; got {value!r}"
-        return f"must be a positive number; got {value!r}"
+    elif kind is float and (problem := _number_problem(value, details)) is not None:
+        return problem
     elif typing.get_origin(kind) is tuple:
         bad = [v for v in value if not _is_integer(v, details.minimum)]
         if bad:
@@ -147,11 +148,32 @@ def _is_integer(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_number(value: Any, minimum: int) -> bool:
-    """Floats: positive, or with ``minimum`` 0, at least 0."""
+def _number_problem(value: Any, details: Setting) -> str | None:
+    """Floats: positive, or with ``minimum`` 0 at least 0; at most ``maximum``; finite.
+    NaN passed every check by comparing false, and inf or 1e300 reached the code as a
+    timeout or a rate that overflows there: every float setting must be a finite number."""
     if not isinstance(value, int | float) or isinstance(value, bool):
+        return _number_wanted(details, value)
+    if not _is_finite(value):
+        return f"must be a finite number; got {value!r}"
+    if not (value >= 0 if details.minimum == 0 else value > 0):
+        return _number_wanted(details, value)
+    if details.maximum is not None and value > details.maximum:
+        return f"must be at most {details.maximum:g}; got {value!r}"
+    return None
+
+
+def _number_wanted(details: Setting, value: Any) -> str:
+    if details.minimum == 0:
+        return f"must be a number >= 0; got {value!r}"
+    return f"must be a positive number; got {value!r}"
+
+
+def _is_finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (TOML allows them)
         return False
-    return value >= 0 if minimum == 0 else value > 0
 
 
 def default_workers() -> int:
@@ -223,8 +245,10 @@ class EncodeSettings:
         default=100_000_000,
     )
     decode_timeout: float = setting(
-        "seconds one file may take to decode before it is recorded as hung",
+        "seconds one file may take to decode before it is recorded as hung (at most a day)",
         default=60.0,
+        # the deadline is a pipe poll's timeout: beyond ~9.2e9 s it overflows there
+        maximum=MAX_DECODE_TIMEOUT,
     )
     exact: bool = setting(
         "decode every JPEG in full (the reference pixels) instead of the fast DCT-scaled "
@@ -377,6 +401,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(
+            f"{path}: invalid TOML: arrays or tables nested too deeply to read"
+        ) from exc
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:

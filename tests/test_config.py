@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
-from meter_batch import api
+from meter_batch import api, config
 from meter_batch.cli import main
 from meter_batch.config import EncodeConfig, EncodeSettings, ModelSpec, from_mapping, setting_of
 from meter_batch.errors import ConfigError, SettingName
+from meter_batch.jobs import load_job
+from tests.helpers import one_error_line
 
 
 def test_config_from_toml_rejects_unknown_keys(tmp_path):
@@ -112,3 +114,82 @@ def test_a_setting_named_in_an_error_is_worded_by_the_caller() -> None:
     assert error.worded({"path_prefix": "--prefix"}.__getitem__).startswith("--prefix must")
     assert error.prefixed("job.toml: ").worded() == f"job.toml: {error}"
     assert error.settings == ("path_prefix",)
+
+
+def _float_settings() -> list[tuple[type, str]]:
+    """Every float setting of every settings class: the rule is general, not per field."""
+    classes = [
+        value
+        for value in vars(config).values()
+        if isinstance(value, type) and dataclasses.is_dataclass(value)
+        and hasattr(value, "_checks_across")
+    ]  # fmt: skip
+    return [
+        (cls, spec.name)
+        for cls in classes
+        for spec, _, hint in config.settings_fields(cls)
+        if hint in (float, float | None)
+    ]
+
+
+FLOAT_SETTINGS = _float_settings()
+
+
+def test_the_float_settings_are_found() -> None:
+    names = {name for _, name in FLOAT_SETTINGS}
+    assert names == {"decode_timeout", "lr", "weight_decay"}
+
+
+@pytest.mark.parametrize(("cls", "name"), FLOAT_SETTINGS, ids=lambda v: getattr(v, "__name__", v))
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), float("-inf"), 10**400],
+    ids=["nan", "inf", "-inf", "1e400"],
+)
+def test_every_float_setting_must_be_finite(cls: type, name: str, value: float) -> None:
+    # NaN compared false with every bound, so it passed; inf and 10**400 passed `> 0`
+    _, details, hint = next(f for f in config.settings_fields(cls) if f[0].name == name)
+    problem = config.value_problem(value, hint, details)
+    assert problem == f"must be a finite number; got {value!r}"
+
+
+def test_a_non_finite_setting_is_one_line_on_each_surface(tmp_path, capsys) -> None:
+    with pytest.raises(ConfigError) as caught:
+        EncodeConfig(images_dir=Path("a"), store=Path("b"), decode_timeout=float("inf"))
+    assert str(caught.value) == "decode_timeout must be a finite number; got inf"
+    job = tmp_path / "encode.toml"
+    job.write_text('images_dir = "/data"\nstore = "/s"\ndecode_timeout = nan\n')
+    with pytest.raises(ConfigError, match=r"encode.toml: decode_timeout must be a finite"):
+        EncodeConfig.from_toml(job)
+    argv = ["encode", str(tmp_path), "--store", str(tmp_path / "s"), "--pretrained", "none"]
+    assert main([*argv, "--decode-timeout", "nan"]) == 2
+    assert one_error_line(capsys).endswith("--decode-timeout must be a finite number; got nan")
+    assert not (tmp_path / "s").exists()
+
+
+def test_decode_timeout_has_a_ceiling() -> None:
+    # a pipe poll's timeout: 1e300 raised OverflowError there, a traceback, exit 1
+    assert EncodeSettings(decode_timeout=86_400).decode_timeout == 86_400
+    with pytest.raises(ConfigError) as caught:
+        EncodeSettings(decode_timeout=1e300)
+    assert str(caught.value) == "decode_timeout must be at most 86400; got 1e+300"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'images_dir = "/data"\nstore = "/s"\nx = ' + "[" * 100_000 + "]" * 100_000,
+        "x = " + "{ y = " * 100_000 + "1" + " }" * 100_000,
+    ],
+    ids=["arrays", "inline-tables"],
+)
+def test_toml_nested_too_deeply_is_a_config_error(tmp_path, body) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text(body)
+    message = f"{path}: invalid TOML: arrays or tables nested too deeply to read"
+    with pytest.raises(ConfigError) as caught:
+        EncodeConfig.from_toml(path)  # tomllib raised RecursionError: a traceback, exit 1
+    assert str(caught.value) == message
+    with pytest.raises(ConfigError) as from_job:
+        load_job(path)
+    assert str(from_job.value) == message

@@ -174,7 +174,12 @@ def _read_stable(path: bytes, result: Decoded) -> bytes | None:
 
 
 def _decode_into(result: Decoded, data: bytes, options: DecodeOptions) -> None:
-    with Image.open(io.BytesIO(data)) as image:
+    with warnings.catch_warnings():
+        # our own max_pixels cap (below) replaces PIL's bomb warning, in the main process
+        # (--workers 0, image search) too; workers ignore it process-wide
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+    with image:
         result.width, result.height = image.size
         if image.width * image.height > options.max_pixels:
             result.kind = FailureKind.TOO_LARGE

@@ -241,12 +241,14 @@ def device_decoder_fits(cfg: dict[str, Any]) -> bool:
 
 
 def _ready_encoder(start: _Start) -> ImageEncoder:
-    """The encoder, warmed up on a GPU: CUDA's first-call set-up, and compiling when asked.
-    (On a CPU a warm-up batch costs as much as a real one: it compiles on the first.)"""
+    """The encoder, warmed up on a GPU: CUDA's first-call set-up, compiling when asked, and
+    a model whose outputs are NaN or inf refused (ModelError) before the first batch.
+    (On a CPU a warm-up batch costs as much as a real one: it compiles on the first, and
+    the encoder checks every batch's embeddings anyway, the first before it is written.)"""
     stage, device = start.plan.stage, start.plan.device
     compile_batch = start.batch_size if start.compile_it else None
-    encoder = ImageEncoder(start.loaded.model, stage.mean, stage.std, device, compile_batch)
+    name = start.loaded.architecture
+    encoder = ImageEncoder(start.loaded.model, stage.mean, stage.std, device, compile_batch, name)
     if device.is_cuda:
-        side = stage.short_side
-        encoder(torch.zeros((start.batch_size, side, side, 3), dtype=torch.uint8))
+        encoder.warm_up(start.batch_size, stage.short_side)
     return encoder

@@ -15,13 +15,19 @@ A label set is TOML:
 
 Each label's embedding is the mean of its normalized prompt × template text
 embeddings, renormalized — what open_clip's `build_zero_shot_classifier` does.
+
+Text is Unicode-normalised (NFC) and ids, prompts and the name are stripped, as open_clip's
+tokenizer (ftfy, whitespace_clean) sees it: "é" typed as one or two code points, or "a "
+for "a", is the same label. Already-normal text is unchanged, and so is its version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import string
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +40,9 @@ from meter_batch.model.identity import ModelIdentity
 LEARNED = "learned"
 UNKNOWN = "unknown"
 DEFAULT_SCALE = 100.0
+# CLIP's learned scale is clamped to 100 in training; at 1000 a cosine gap of 0.01 is
+# already e^10 in odds. Larger is no sharper, only closer to overflowing float32.
+MAX_LOGIT_SCALE = 1000.0
 _TOP_KEYS = ("name", "templates", "logit_scale", "top_k", "abstain", "labels")
 _LABEL_KEYS = ("id", "prompts")
 _ABSTAIN_KEYS = ("min_prob", "min_margin")
@@ -87,7 +96,7 @@ def load_label_set(path: Path) -> LabelSet:
 def parse_label_set(data: Mapping[str, Any]) -> LabelSet:
     _reject_unknown(data, _TOP_KEYS, "label set")
     name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not normal_text(name):
         raise ConfigError("'name' must be a non-empty string")
     labels = _parse_labels(data.get("labels"))
     templates = _parse_templates(data.get("templates", ["{}"]))
@@ -95,7 +104,7 @@ def parse_label_set(data: Mapping[str, Any]) -> LabelSet:
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1; got {top_k!r}")
     return LabelSet(
-        name=name.strip(),
+        name=normal_text(name),
         labels=labels,
         templates=templates,
         logit_scale=_parse_scale(data.get("logit_scale", DEFAULT_SCALE)),
@@ -114,31 +123,48 @@ def _reject_unknown(data: Any, allowed: tuple[str, ...], where: str) -> None:
         )
 
 
+def normal_text(text: str) -> str:
+    """NFC, surrounding whitespace stripped: one spelling for what the tokenizer sees."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
 def _parse_labels(raw: Any) -> tuple[Label, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("no labels: add at least one [[labels]] table with an id and prompts")
-    labels, seen = [], set()
+    labels: list[Label] = []
+    seen: dict[str, tuple[int, str]] = {}  # normal id -> (label number, the id as written)
     for number, item in enumerate(raw, start=1):
         _reject_unknown(item, _LABEL_KEYS, f"label #{number}")
-        label_id = item.get("id")
-        if not isinstance(label_id, str) or not label_id.strip():
+        written = item.get("id")
+        if not isinstance(written, str) or not normal_text(written):
             raise ConfigError(f"label #{number} needs a non-empty string 'id'")
+        label_id = normal_text(written)
         if label_id in seen:
-            raise ConfigError(f"duplicate label id {label_id!r}")
+            raise ConfigError(_duplicate(seen[label_id], (number, written)))
         if label_id == UNKNOWN:
             raise ConfigError(f"label id {UNKNOWN!r} is reserved for abstained answers")
-        seen.add(label_id)
+        seen[label_id] = (number, written)
         labels.append(Label(label_id, _parse_prompts(item.get("prompts"), label_id)))
     return tuple(labels)
+
+
+def _duplicate(first: tuple[int, str], second: tuple[int, str]) -> str:
+    """Both ids as written: they may differ only in spaces or in how "é" is encoded."""
+    if first[1] == second[1]:
+        return f"duplicate label id {second[1]!r} (labels #{first[0]} and #{second[0]})"
+    return (
+        f"duplicate label id {second[1]!r} (label #{second[0]}): the same as "
+        f"{first[1]!r} (label #{first[0]}) once normalised (Unicode NFC, spaces stripped)"
+    )
 
 
 def _parse_prompts(raw: Any, label_id: str) -> tuple[str, ...]:
     prompts = [raw] if isinstance(raw, str) else raw
     if not isinstance(prompts, list) or not prompts:
         raise ConfigError(f"label {label_id!r} has no prompts")
-    if not all(isinstance(p, str) and p.strip() for p in prompts):
+    if not all(isinstance(p, str) and normal_text(p) for p in prompts):
         raise ConfigError(f"label {label_id!r} has an empty prompt")
-    return tuple(p.strip() for p in prompts)
+    return tuple(normal_text(p) for p in prompts)
 
 
 def _parse_templates(raw: Any) -> tuple[str, ...]:
@@ -153,15 +179,29 @@ def _parse_templates(raw: Any) -> tuple[str, ...]:
             ) from exc
         if fields != [""]:
             raise ConfigError(f"template {template!r} must contain exactly one '{{}}'")
-    return tuple(raw)
+    # NFC only: spaces around a template's text are the file's own (and kept in its version)
+    return tuple(unicodedata.normalize("NFC", t) for t in raw)
 
 
 def _parse_scale(raw: Any) -> float | str:
     if raw == LEARNED:
         return LEARNED
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
-        raise ConfigError(f"logit_scale must be a positive number or {LEARNED!r}; got {raw!r}")
+    problem = scale_problem(raw)
+    if problem is not None:
+        raise ConfigError(f"logit_scale {problem} or {LEARNED!r}; got {raw!r}")
     return float(raw)
+
+
+def scale_problem(value: Any) -> str | None:
+    """What keeps ``value`` from being a logit scale, or None. NaN passed ``> 0``, and
+    inf or 1e300 overflow the logits: every probability came out NaN, unabstained."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    try:
+        usable = math.isfinite(value) and 0 < value <= MAX_LOGIT_SCALE
+    except OverflowError:  # an integer too large for a float
+        usable = False
+    return None if usable else f"must be a finite number > 0 and <= {MAX_LOGIT_SCALE:g}"
 
 
 def _parse_abstain(raw: Any) -> Abstain:
@@ -169,6 +209,7 @@ def _parse_abstain(raw: Any) -> Abstain:
     values = {}
     for key in _ABSTAIN_KEYS:
         value = raw.get(key, 0.0)
+        # the range check also refuses NaN (it compares false) and inf
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise ConfigError(f"abstain.{key} must be a number in [0, 1]; got {value!r}")
         values[key] = float(value)

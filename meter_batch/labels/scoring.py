@@ -1,9 +1,10 @@
 """Stored embeddings × label matrix -> top-k predictions, streamed chunk by chunk.
 
 Reads only the vectors files (never an image, never the model). Per chunk: float16 ->
-float32 into a reused buffer, one matmul against the (D, K) label matrix, softmax,
-top-k. Buffers are allocated once: fresh multi-megabyte allocations per chunk cost
-more than the arithmetic. Memory stays flat in N: nothing N-sized is ever held.
+float32 into a reused buffer, one matmul against the (D, K) label matrix, softmax
+(shifted by each row's maximum before scaling, so no scale overflows it), top-k.
+Buffers are allocated once: fresh multi-megabyte allocations per chunk cost more than
+the arithmetic. Memory stays flat in N: nothing N-sized is ever held.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from meter_batch.labels.label_sets import LEARNED, UNKNOWN, LabelSet
+from meter_batch.errors import ConfigError, ModelError
+from meter_batch.labels.label_sets import LEARNED, UNKNOWN, LabelSet, scale_problem
 from meter_batch.model.encoder import encode_texts
 from meter_batch.model.loading import LoadedModel
 from meter_batch.prefetch import prefetch
@@ -47,20 +49,34 @@ def label_matrix(loaded: LoadedModel, label_set: LabelSet) -> np.ndarray:
 
 
 def resolve_scale(loaded: LoadedModel, label_set: LabelSet) -> float:
-    if label_set.logit_scale == LEARNED:
-        return float(loaded.model.logit_scale.exp().item())  # type: ignore[operator]
-    return float(label_set.logit_scale)
+    if label_set.logit_scale != LEARNED:
+        return float(label_set.logit_scale)  # checked when the file was read
+    learned = float(loaded.model.logit_scale.exp().item())  # type: ignore[operator]
+    problem = scale_problem(learned)
+    if problem is not None:  # a damaged or unclamped checkpoint: exp() of it overflowed
+        raise ModelError(
+            f"the learned logit scale of model {loaded.architecture} is {learned!r}: it "
+            f"{problem}; set a number as the label set's logit_scale instead"
+        )
+    return learned
 
 
 class Scorer:
     """Scores (ids, float16 matrix) chunks against one label matrix."""
 
     def __init__(self, labels: np.ndarray, settings: ScoreSettings, max_rows: int) -> None:
+        problem = scale_problem(settings.scale)
+        if problem is not None:  # a version recorded before scales were checked
+            raise ConfigError(
+                f"label set {settings.label_set} (version {settings.version}) has logit_scale "
+                f"{settings.scale!r}, which {problem}; set another in the label set (a new version)"
+            )
         self.settings = settings
         self.labels_t = torch.from_numpy(np.ascontiguousarray(labels.T, dtype=np.float32))
         dim, count = self.labels_t.shape
         self.buffer = torch.empty(max_rows, dim)
         self.logits = torch.empty(max_rows, count)
+        self.row_max = torch.empty(max_rows, 1)
         self.dictionary = pa.array([*settings.label_ids, UNKNOWN], pa.string())
         self.schema = predictions_schema(settings.top_k)
 
@@ -73,7 +89,11 @@ class Scorer:
             chunk.copy_(torch.from_numpy(vectors))
         logits = self.logits[:rows]
         torch.mm(chunk, self.labels_t, out=logits)
-        probs = torch.softmax(logits.mul_(self.settings.scale), dim=1)
+        # softmax(s·x) = softmax(s·(x - max x)): shifted before it is scaled, a logit of
+        # unit vectors lies in [-2s, 0], where s·x itself may overflow float32 first
+        row_max = torch.amax(logits, dim=1, keepdim=True, out=self.row_max[:rows])
+        logits.sub_(row_max).mul_(self.settings.scale)
+        probs = torch.softmax(logits, dim=1)
         top_probs, top_index = probs.topk(min(self.settings.top_k + 1, probs.shape[1]), dim=1)
         return self._batch(ids, top_probs.numpy(), top_index.numpy().astype(np.int32))
 
@@ -85,6 +105,7 @@ class Scorer:
         second = top_probs[:, 1] if top_probs.shape[1] > 1 else np.zeros_like(best)
         margin = best - second
         abstained = (best < self.settings.min_prob) | (margin < self.settings.min_margin)
+        abstained |= ~np.isfinite(best)  # NaN compares false with both thresholds: no answer
         label_index = np.where(abstained, len(self.settings.label_ids), top_index[:, 0])
         constant = pa.array(np.zeros(len(ids), dtype=np.int32))
         columns = [

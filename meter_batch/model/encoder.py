@@ -1,4 +1,8 @@
-"""uint8 pixel batches -> L2-normalized float16 embeddings, on the chosen device."""
+"""uint8 pixel batches -> L2-normalized float16 embeddings, on the chosen device.
+
+No embedding that is not finite is ever returned: a model that makes NaN or inf (damaged
+weights, or fp16 overflowing) stops the run with a ModelError before its rows are written.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from meter_batch.errors import ConfigError
+from meter_batch.errors import ConfigError, ModelError
 from meter_batch.model.loading import LoadedModel
 
 log = logging.getLogger("meter_batch")
@@ -50,8 +54,9 @@ class ImageEncoder:
         std: tuple[float, ...],
         plan: DevicePlan,
         compile_batch: int | None = None,
+        name: str = "",  # the model, as its errors name it
     ) -> None:
-        self.plan = plan
+        self.plan, self.name = plan, name
         self.model = model.to(plan.device).eval()
         if plan.is_cuda:
             # ResNets run faster channels-last; the pixels already arrive in that layout.
@@ -69,9 +74,30 @@ class ImageEncoder:
         self.mean = torch.tensor(mean, device=plan.device).view(shape) * 255.0
         self.std = torch.tensor(std, device=plan.device).view(shape) * 255.0
 
-    @torch.inference_mode()
     def __call__(self, pixels_nhwc: torch.Tensor) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, D) float16, each row of unit length."""
+        embeddings = self._embed(pixels_nhwc)
+        bad = _non_finite_rows(embeddings)
+        if bad:
+            raise ModelError(
+                f"{_model(self.name)} produced non-finite embeddings (NaN/inf) for {bad} of "
+                f"{len(embeddings)} images of a batch ({self.plan.precision}); the run stops "
+                f"before writing them: {_advice(self.plan.precision)}"
+            )
+        return embeddings
+
+    def warm_up(self, batch_size: int, side: int) -> None:
+        """One batch of black images: CUDA's first-call set-up (and compiling, when asked),
+        and a check that the model's outputs are finite at all, before any batch is encoded."""
+        pixels = torch.zeros((batch_size, side, side, 3), dtype=torch.uint8)
+        if _non_finite_rows(self._embed(pixels)):
+            raise ModelError(
+                f"{_model(self.name)} produces non-finite embeddings (NaN/inf) on a warm-up "
+                f"batch ({self.plan.precision}); the weights are damaged"
+            )
+
+    @torch.inference_mode()
+    def _embed(self, pixels_nhwc: torch.Tensor) -> np.ndarray:
         if pixels_nhwc.shape[0] == 0:
             raise ValueError("empty batch")
         if pixels_nhwc.is_cuda:  # made on the decoder's stream: not reused while we read
@@ -114,9 +140,33 @@ class ImageEncoder:
         return torch.autocast(device_type=self.plan.device.type, dtype=dtype)
 
 
+def _non_finite_rows(embeddings: np.ndarray) -> int:
+    """Rows with a NaN or inf: checked on the float16 result, the very values returned
+    (a (64, 1024) batch costs microseconds)."""
+    return int((~np.isfinite(embeddings)).any(axis=1).sum())
+
+
+def _model(name: str) -> str:
+    return f"model {name}" if name else "the model"
+
+
+def _advice(precision: str) -> str:
+    if precision == "fp32":
+        return "its weights overflow float32 (damaged weights)"
+    return "reduced precision can overflow: try --precision fp32"
+
+
 @torch.inference_mode()
 def encode_texts(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
-    """(N, D) float32 unit vectors for ``texts``, on the CPU."""
+    """(N, D) float32 unit vectors for ``texts``, on the CPU; a NaN or inf is a ModelError
+    (label matrices and text queries would otherwise score every image NaN)."""
     tokens = loaded.tokenizer(texts)
     features = loaded.model.encode_text(tokens).float()  # type: ignore[operator]
-    return torch.nn.functional.normalize(features, dim=-1)
+    embeddings = torch.nn.functional.normalize(features, dim=-1)
+    bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
+    if bad:
+        raise ModelError(
+            f"model {loaded.architecture} produces non-finite text embeddings (NaN/inf) for "
+            f"{bad} of {len(texts)} texts; the weights are damaged"
+        )
+    return embeddings

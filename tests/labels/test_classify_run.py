@@ -12,12 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from meter_batch.cli import main
 from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.ingest.encode_run import encode
 from meter_batch.labels.classify_run import classify
 from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import open_store
-from tests.helpers import PROMPTS, labels_toml
+from tests.helpers import PROMPTS, encode_args, labels_toml, make_images, one_error_line
 
 
 def predictions(store: Path) -> list[dict]:
@@ -162,3 +163,37 @@ def test_learned_logit_scale_is_the_checkpoints(encoded, tmp_path, vit_checkpoin
     learned = torch.load(vit_checkpoint, weights_only=True)["logit_scale"].exp().item()
     assert summary.logit_scale == pytest.approx(learned) and learned != 100.0
     assert all(r["logit_scale"] == pytest.approx(learned) for r in predictions(store))
+
+
+def test_a_scale_that_is_no_number_stops_classify_before_anything_is_scored(
+    encoded, tmp_path, capsys
+):
+    # logit_scale = nan gave probability-NaN predictions, none abstained, exit 0
+    _, _, store = encoded
+    manifest = (store / "store.json").read_bytes()
+    for value in ("nan", "inf", "1e300"):
+        path = labels_toml(tmp_path, extra=f"logit_scale = {value}\n[abstain]\nmin_prob = 0.5")
+        assert main(["classify", "--store", str(store), "--labels", str(path)]) == 2
+        assert "logit_scale must be a finite number > 0 and <= 1000" in one_error_line(capsys)
+    assert predictions(store) == []
+    assert (store / "store.json").read_bytes() == manifest
+
+
+def test_a_learned_scale_that_overflows_is_a_model_error(tmp_path, configs, vit_checkpoint, capsys):
+    # a finite logit_scale of 100 whose exp() is inf in float32: the weights load, the scale
+    # cannot be used
+    state = torch.load(vit_checkpoint, weights_only=True)
+    state["logit_scale"] = torch.tensor(100.0)
+    checkpoint = tmp_path / "unclamped.pt"
+    torch.save(state, checkpoint)
+    make_images(tmp_path / "images", 2)
+    store = tmp_path / "store"
+    assert main(encode_args(tmp_path / "images", store, configs["vit"], str(checkpoint))) == 0
+    capsys.readouterr()
+    path = labels_toml(tmp_path, extra='logit_scale = "learned"')
+    assert main(["classify", "--store", str(store), "--labels", str(path)]) == 4
+    assert one_error_line(capsys).endswith(
+        "the learned logit scale of model mb-tiny-vit is inf: it must be a finite number > 0 "
+        "and <= 1000; set a number as the label set's logit_scale instead"
+    )
+    assert predictions(store) == []

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import collections
 import pickle
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import pytest
@@ -17,6 +20,7 @@ from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.errors import ModelError
 from meter_batch.ingest.encode_run import encode
 from meter_batch.model.loading import load_model
+from tests.helpers import encode_args, one_error_line
 
 
 class Innocent:
@@ -213,3 +217,87 @@ def test_a_moved_model_gets_a_hint(tmp_path, image_dir, configs, vit_checkpoint,
     moved.rename(tmp_path / "elsewhere.pt")
     assert main(["search", "--store", str(tmp_path / "s"), "digital"]) == 4
     assert "if its files moved, pass --model/--pretrained" in capsys.readouterr().err
+
+
+ODD_STATE_DICTS: list[tuple[Callable[[dict[str, torch.Tensor]], Any], str]] = [
+    (lambda s: {0: torch.zeros(2)}, r"keys must be parameter names, but it has the key 0 \(int\)"),
+    (lambda s: {**s, ("a", 1): torch.zeros(2)}, r"but it has the key \('a', 1\) \(tuple\)"),
+    (lambda s: {"module.a": torch.zeros(1), 0: torch.zeros(1)}, r"has the key 0 \(int\)"),
+    (lambda s: {"visual": {"proj": torch.zeros(1)}}, r"its value for 'visual' is of type dict"),
+    (lambda s: {**s, "logit_scale": 5}, r"its value for 'logit_scale' is of type int, not a"),
+    (
+        lambda s: {**s, "positional_embedding": torch.zeros(3, 5)},
+        r"does not fit this architecture: text pos_embed width changed! \.\.\.$",
+    ),
+    (
+        lambda s: {**s, "visual.positional_embedding": torch.zeros(3, 5)},
+        r"does not fit this architecture: Sizes of tensors must match",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("make", "message"), ODD_STATE_DICTS)
+def test_a_state_dict_with_odd_keys_or_values_is_a_model_error(
+    tmp_path, configs, state_dict, make, message, capsys
+):
+    # each raised AttributeError, AssertionError or RuntimeError: a traceback, exit 1
+    path = tmp_path / "odd.pt"
+    torch.save(make(state_dict), path)
+    with pytest.raises(ModelError, match=message):
+        load_model(ModelSpec(str(configs["vit"]), str(path)))
+    (tmp_path / "images").mkdir()  # the model loads before the folder is walked
+    assert main(encode_args(tmp_path / "images", tmp_path / "s", configs["vit"], str(path))) == 4
+    assert one_error_line(capsys).startswith(f"meter-batch: error: {path}")
+
+
+def _damaged(state: dict[str, torch.Tensor], name: str, value: float) -> dict[str, torch.Tensor]:
+    damaged = dict(state)
+    damaged[name] = torch.full_like(state[name], value)
+    return damaged
+
+
+@pytest.mark.parametrize(("name", "value"), [("visual.proj", float("nan")),
+                                             ("logit_scale", float("inf"))])  # fmt: skip
+def test_nan_weights_are_refused_before_a_store_is_made(
+    tmp_path, image_dir, configs, state_dict, name, value, capsys
+):
+    # every embedding came out NaN, stored, and verify said ok
+    path = tmp_path / "damaged.pt"
+    torch.save(_damaged(state_dict, name, value), path)
+    with pytest.raises(ModelError) as caught:
+        load_model(ModelSpec(str(configs["vit"]), str(path)))
+    assert str(caught.value) == (
+        f"{path}: weight {name} holds NaN or inf values; the weights are damaged "
+        f"(export them again from a good training checkpoint)"
+    )
+    images, _ = image_dir
+    assert main(encode_args(images, tmp_path / "store", configs["vit"], str(path))) == 4
+    assert one_error_line(capsys).endswith(
+        "holds NaN or inf values; the weights are damaged "
+        "(export them again from a good training checkpoint)"
+    )
+    assert not (tmp_path / "store").exists()
+
+
+def test_batchnorm_statistics_are_checked_and_computed_buffers_are_not(tmp_path, configs):
+    open_clip.add_model_config(configs["resnet"])
+    state = open_clip.create_model("mb-tiny-resnet").state_dict()
+    path = tmp_path / "resnet.pt"
+    torch.save(_damaged(state, "visual.bn1.running_var", float("inf")), path)
+    with pytest.raises(ModelError, match=r"weight visual\.bn1\.running_var holds NaN or inf"):
+        load_model(ModelSpec(str(configs["resnet"]), str(path)))
+    torch.save(state, path)  # its text tower's attn_mask is -inf by design: not a weight
+    loaded = load_model(ModelSpec(str(configs["resnet"]), str(path)))
+    assert torch.isinf(loaded.model.get_buffer("attn_mask")).any()
+
+
+def test_loading_warns_of_nothing(tmp_path, configs, vit_checkpoint):
+    # torch warned "Detected pickle protocol 4 ..." on the terminal before the refusal
+    path = tmp_path / "protocol4.pt"
+    path.write_bytes(pickle.dumps({"w": [1, 2]}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ModelError, match=r"other than tensors \(Unsupported operand"):
+            load_model(ModelSpec(str(configs["vit"]), str(path)))
+        load_model(ModelSpec(str(configs["vit"]), str(vit_checkpoint)))
+    assert [str(w.message) for w in caught] == []

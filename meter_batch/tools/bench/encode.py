@@ -176,8 +176,9 @@ def _capacities(config: EncodeConfig) -> dict[str, Any]:
     work = collect_work(config.images_dir)
     options = decode_options(config, loaded, stage, device)
     decoded, decode_s, device_s = _decode_capacity(config, work, LoopPlan(stage, options, device))
+    compile_batch = config.batch_size if config.compile else None
     encoder = ImageEncoder(
-        loaded.model, stage.mean, stage.std, device, config.batch_size if config.compile else None
+        loaded.model, stage.mean, stage.std, device, compile_batch, loaded.architecture
     )
     plain = _plain_loop_rate(config.images_dir, work, loaded.reference_preprocess)
     return {

@@ -1,0 +1,118 @@
+"""Scoring: probabilities equal a hand computation at every usable scale, without a
+warning; scales that are no numbers are refused; a NaN never becomes an answer; a model
+that makes NaN text embeddings or an unusable learned scale is a ModelError."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from meter_batch.config import ModelSpec
+from meter_batch.errors import ConfigError, ModelError
+from meter_batch.labels.label_sets import LEARNED, Label, LabelSet
+from meter_batch.labels.scoring import Scorer, ScoreSettings, label_matrix, resolve_scale
+from meter_batch.model.encoder import encode_texts
+from meter_batch.model.loading import load_model
+
+LABELS = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)  # label i: axis i
+VECTORS = np.array([[0.6, 0.8], [0.8, 0.6], [0.7071, 0.7071]], dtype=np.float16)
+
+
+def _settings(scale: float, **thresholds: float) -> ScoreSettings:
+    return ScoreSettings("s", "v1", ("a", "b"), scale, top_k=2, **thresholds)
+
+
+def _hand_softmax(vector: np.ndarray, scale: float) -> list[float]:
+    """softmax(scale · cosines) in float64, from the float16 values the store holds."""
+    cosines = [float(vector[0]), float(vector[1])]  # against the two axes
+    top = max(cosines)
+    weights = [math.exp(scale * (c - top)) for c in cosines]
+    return [w / sum(weights) for w in weights]
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 1000.0])
+def test_probabilities_equal_a_hand_computation_without_a_warning(scale):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow RuntimeWarning included
+        batch = Scorer(LABELS, _settings(scale), max_rows=8).score(np.arange(3), VECTORS)
+    rows = batch.to_pylist()
+    for row, vector in zip(rows, VECTORS, strict=True):
+        expected = dict(zip(("a", "b"), _hand_softmax(vector, scale), strict=True))
+        assert [row["top_probs"][i] for i in range(2)] == pytest.approx(
+            [expected[label] for label in row["top_labels"]], abs=1e-6
+        )
+        assert row["prob"] == pytest.approx(max(expected.values()), abs=1e-6)
+        assert row["logit_scale"] == scale and row["abstained"] is False
+    assert [r["label"] for r in rows[:2]] == ["b", "a"]
+    assert rows[2]["top_probs"] == pytest.approx([0.5, 0.5])  # a tie, at any scale
+    if scale == 1000.0:  # saturated, but finite: 0.2 apart in cosine is e^-200 in odds
+        assert rows[0]["top_probs"] == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 1e300, 1000.5, 0.0, -1.0])
+def test_a_scorer_refuses_a_scale_that_is_no_usable_number(scale):
+    # a version recorded before scales were checked: NaN probabilities, overflow warnings
+    with pytest.raises(ConfigError) as caught:
+        Scorer(LABELS, _settings(scale), max_rows=8)
+    assert str(caught.value) == (
+        f"label set s (version v1) has logit_scale {scale!r}, which must be a finite "
+        f"number > 0 and <= 1000; set another in the label set (a new version)"
+    )
+
+
+def test_a_non_finite_embedding_is_abstained_not_answered():
+    # NaN compares false with min_prob and min_margin: it was an answer of probability NaN
+    vectors = np.array([[0.6, 0.8], [np.nan, np.nan], [np.inf, 0.0]], dtype=np.float16)
+    scorer = Scorer(LABELS, _settings(10.0, min_prob=0.5, min_margin=0.1), max_rows=8)
+    rows = scorer.score(np.arange(3), vectors).to_pylist()
+    assert [(r["label"], r["abstained"]) for r in rows] == [
+        ("b", False),
+        ("unknown", True),
+        ("unknown", True),
+    ]
+
+
+@pytest.fixture
+def tiny(configs):
+    return load_model(ModelSpec(str(configs["vit"]), "none"))
+
+
+LABEL_SET = LabelSet("s", (Label("a", ("a meter",)), Label("b", ("a dial",))))
+
+
+@pytest.mark.parametrize(("raw", "shown"), [(100.0, "inf"), (float("nan"), "nan")])
+def test_a_learned_scale_that_is_no_usable_number_is_a_model_error(tiny, raw, shown):
+    with torch.no_grad():
+        tiny.model.logit_scale.fill_(raw)  # exp(100) overflows float32; NaN stays NaN
+    with pytest.raises(ModelError) as caught:
+        resolve_scale(tiny, LabelSet("s", LABEL_SET.labels, logit_scale=LEARNED))
+    assert str(caught.value) == (
+        f"the learned logit scale of model mb-tiny-vit is {shown}: it must be a finite "
+        f"number > 0 and <= 1000; set a number as the label set's logit_scale instead"
+    )
+
+
+def test_a_learned_scale_is_exp_of_the_models(tiny):
+    with torch.no_grad():
+        tiny.model.logit_scale.fill_(math.log(20.0))
+    scale = resolve_scale(tiny, LabelSet("s", LABEL_SET.labels, logit_scale=LEARNED))
+    assert scale == pytest.approx(20.0, rel=1e-6)
+
+
+def test_nan_text_weights_are_a_model_error_not_a_nan_label_matrix(tiny):
+    assert np.isfinite(label_matrix(tiny, LABEL_SET)).all()
+    with torch.no_grad():
+        tiny.model.text_projection.fill_(float("nan"))
+    message = (
+        "model mb-tiny-vit produces non-finite text embeddings (NaN/inf) for 2 of 2 texts; "
+        "the weights are damaged"
+    )
+    with pytest.raises(ModelError) as caught:
+        encode_texts(tiny, ["a meter", "a dial"])
+    assert str(caught.value) == message
+    with pytest.raises(ModelError, match="non-finite text embeddings"):
+        label_matrix(tiny, LABEL_SET)
