@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import signal
 import sys
 import typing
 from collections.abc import Callable, Collection, Sequence
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.quiet)
     handler: Handler = args.handler
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return handler(args)
     except ConfigError as exc:  # a setting is named as this command's flag for it
@@ -53,9 +55,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc.worded(lambda name: flags.get(name, name)), exc.exit_code)
     except MeterBatchError as exc:
         return _fail(str(exc), exc.exit_code)
+    except Terminated:
+        print("meter-batch: stopped (SIGTERM); the last commit is intact", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("meter-batch: interrupted; the last commit is intact", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd's stop, `kill`): the same clean stop as Ctrl-C, its own exit code."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _fail(message: str, code: int) -> int:
@@ -373,17 +388,53 @@ def _store_argument(parser: argparse.ArgumentParser) -> dict[str, str]:
     return {}
 
 
+def _verify_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    _store_argument(parser)
+    parser.add_argument(
+        "--quick", action="store_true", help="compare file sizes only, not SHA-256 digests"
+    )
+    return {}
+
+
 def _run_verify(args: argparse.Namespace) -> int:
     from meter_batch.store.layout import STORE_FILE
     from meter_batch.store.verify import verify
 
     if not (args.store / STORE_FILE).is_file():  # exit 5, as for every other command
         raise StoreError(f"{args.store} is not a meter-batch store (no {STORE_FILE})")
-    problems, counts = verify(args.store)
-    for problem in problems:
+    report = verify(args.store, quick=args.quick)
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.problems:
         print(f"problem: {problem}")
-    print(json.dumps({"store": str(args.store), "ok": not problems, **counts}))
-    return 8 if problems else 0
+    print(json.dumps({"store": str(args.store), "ok": not report.problems, **report.counts}))
+    return 8 if report.problems else 0
+
+
+def _repair_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    _store_argument(parser)
+    parser.add_argument(
+        "--drop-damaged",
+        action="store_true",
+        help="take what cannot be rebuilt out of the store (its images are encoded again "
+        "by the next encode, its predictions scored again by the next classify)",
+    )
+    return {}
+
+
+def _run_repair(args: argparse.Namespace) -> int:
+    from meter_batch.store.repair import repair
+
+    report = repair(args.store, drop_damaged=args.drop_damaged)
+    for line in report.fixed:
+        print(f"fixed: {line}")
+    for line in report.dropped:
+        print(f"dropped: {line}")
+    for line in report.lost:
+        print(f"lost: {line}")
+    summary = {"store": str(args.store), "ok": not report.lost, "indexed": report.indexed}
+    print(json.dumps({**summary, "fixed": len(report.fixed), "dropped": len(report.dropped)}))
+    return 8 if report.lost else 0
 
 
 def _run_rebuild_index(args: argparse.Namespace) -> int:
@@ -535,9 +586,19 @@ _COMMANDS = (
     _Command(
         "verify",
         _run_verify,
-        help="check that manifest, parts, FAISS ids and catalog agree",
-        description="List every inconsistency (exit 8), or print the counts (exit 0).",
-        arguments=_store_argument,
+        help="check that manifest, file contents, FAISS ids and catalog agree",
+        description="List every inconsistency and damaged file (exit 8), or print the "
+        "counts (exit 0). Reads every committed file to compare its SHA-256 (--quick: sizes).",
+        arguments=_verify_arguments,
+    ),
+    _Command(
+        "repair",
+        _run_repair,
+        help="rebuild vectors files, the FAISS index and the catalog; say what is lost",
+        description="Rebuild the derived files from the Parquet parts, set aside manifests "
+        "whose name and content disagree, fix the manifest's lists and next_image_id, in one "
+        "commit. Exit 0, or 8 when something cannot be rebuilt (see --drop-damaged).",
+        arguments=_repair_arguments,
     ),
     _Command(
         "rebuild-index",

@@ -10,8 +10,8 @@
 
 Per-image problems are never raised: they become failure rows (store/records.py's
 FailureKind). Everything here is something the user must fix before the run can go on;
-the CLI prints it as one line and exits with ``error.exit_code`` (codes 0, 1, 8 and 130
-are the CLI's own: EXIT_CODES).
+the CLI prints it as one line and exits with ``error.exit_code`` (codes 0, 1, 8, 130 and
+143 are the CLI's own: EXIT_CODES).
 """
 
 from __future__ import annotations
@@ -102,4 +102,5 @@ EXIT_CODES: dict[int, str] = {
     7: "store is locked by another run",
     8: "verify found problems in the store",
     130: "interrupted (Ctrl-C)",
+    143: "stopped by SIGTERM (systemd's stop, kill)",
 }

@@ -195,7 +195,7 @@ def live(store: Path) -> dict[str, dict[str, Any]]:
 
 def assert_consistent(store: Path) -> None:
     """verify finds nothing, and the FAISS index holds exactly the live ids."""
-    problems, _ = verify(store)
+    problems = verify(store).problems
     assert problems == []
     s = open_store(store)
     indexed = set(index_ids(load_index(s.path(s.manifest.index or ""))).tolist())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,50 @@ def test_store_and_image_mistakes_are_one_line_errors(store, tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "nothing")]) == 5  # as search, classify, query
     assert "not a meter-batch store" in capsys.readouterr().err
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_no_worker_outlives_the_run(tmp_path, configs):
+    """systemd's stop: exit 143, one line, the last commit intact, the decode workers gone
+    within a second of the exit (not DataLoader's 5 s per worker)."""
+    import signal
+    import time
+
+    from tests.helpers import assert_consistent, make_images
+
+    images, store = tmp_path / "images", tmp_path / "s"
+    make_images(images, 6)
+    assert main(encode_args(images, store, configs["vit"])) == 0
+    make_images(images / "more", 60, seed=9)
+    argv = encode_args(images, store, configs["vit"])
+    argv[argv.index("--workers") + 1] = "2"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "meter_batch", "-q", *argv, "--batch-size", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "METER_BATCH_PAUSE_AT": "batch:120"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(_children(run.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = _children(run.pid)
+    assert len(workers) >= 2, "the decode workers never started"
+    time.sleep(1.0)  # the first batch is encoded: the run sleeps at the `batch` point
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 143, err
+    assert err.strip().splitlines() == ["meter-batch: stopped (SIGTERM); the last commit is intact"]
+    time.sleep(1.0)
+    assert not {w for w in workers if Path(f"/proc/{w}").exists()}, "a worker outlived the run"
+    assert_consistent(store)

@@ -19,7 +19,7 @@ import meter_batch.store
 from tests.helpers import OLD_STORE, REPO
 
 HEAVY = ("torch", "torchvision", "open_clip", "PIL", "tqdm", "pandas", "faiss")
-USES_THE_INDEX = {"index", "verify", "rebuild_index"}  # may load faiss
+USES_THE_INDEX = {"index", "verify", "repair", "rebuild_index"}  # may load faiss
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from meter_batch.errors import InputError
 from meter_batch.ingest.scan import WorkList
 from meter_batch.store.commit import Store
-from meter_batch.store.read import tombstoned_ids
+from meter_batch.store.read import read_columns, tombstoned_ids
 from meter_batch.store.records import FailureKind
 from meter_batch.store.schema import CONTENT_HASH_BYTES
 
@@ -93,7 +92,7 @@ def standing_failures(store: Store, prefix: bytes) -> dict[bytes, Standing]:
     latest: dict[bytes, Standing] = {}
     for path in store.live_paths("failures"):
         names = ["path", "path_bytes", "size", "mtime_ns", "run_id", "kind", "message"]
-        table = pq.read_table(path, columns=names)
+        table = read_columns(path, names)
         values = _columns(table, *names[2:])
         for raw, size, mtime, run_id, kind, message in zip(_raw_paths(table), *values, strict=True):
             old = latest.get(raw)
@@ -115,7 +114,7 @@ def _live_table(store: Store, prefix: bytes) -> pa.Table:
     tables = []
     columns = ["image_id", "path", "path_bytes", "size", "mtime_ns", "content_hash"]
     for path in store.live_paths("embeddings"):
-        table = pq.read_table(path, columns=columns)
+        table = read_columns(path, columns)
         raw = pc.coalesce(table.column("path_bytes"), pc.cast(table.column("path"), pa.binary()))
         table = table.drop_columns(["path", "path_bytes"]).append_column("path", raw)
         if len(dead):
@@ -158,7 +157,7 @@ def _cleared_failure_paths(store: Store) -> dict[bytes, str]:
     """Path -> run_id of the latest tombstone that ended a failure of that path."""
     cleared: dict[bytes, str] = {}
     for path in store.live_paths("tombstones"):
-        table = pq.read_table(path, columns=["image_id", "path", "path_bytes", "run_id"])
+        table = read_columns(path, ["image_id", "path", "path_bytes", "run_id"])
         values = _columns(table, "image_id", "run_id")
         for raw, image_id, run_id in zip(_raw_paths(table), *values, strict=True):
             if image_id is None and str(run_id) > cleared.get(raw, ""):

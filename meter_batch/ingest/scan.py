@@ -4,6 +4,8 @@ Policy (documented in the README):
 - extensions: jpg, jpeg, png, webp, bmp, tif, tiff, gif, heic, heif, avif (any case);
 - names starting with "." (hidden files and folders) are skipped;
 - symlinked files are followed; symlinked folders are not (no loops, no escapes);
+- a FIFO, device or socket with an image's name is a failure row (unidentified), never
+  opened: reading a FIFO would block the run;
 - order: depth-first, names sorted bytewise, so every run sees the same order;
 - paths are bytes relative to the root, so names that are not UTF-8 survive intact.
 """
@@ -96,6 +98,18 @@ class _Walk:
             self.paths.append(relpath)
             self.sizes.append(info.st_size)
             self.mtimes.append(info.st_mtime_ns)
+        elif not stat.S_ISDIR(info.st_mode):  # opening a FIFO would block the run for good
+            what = _SPECIAL.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            message = f"{what}, not a regular file: never opened"
+            self.failures.append(ScanFailure(relpath, FailureKind.UNIDENTIFIED, message))
+
+
+_SPECIAL = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _name(entry: os.DirEntry[bytes]) -> bytes:

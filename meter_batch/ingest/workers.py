@@ -147,7 +147,8 @@ def _loader(
     if not workers:
         yield from loader
         return
-    watchdog = _Watchdog(iter(loader), settings.batch_timeout)
+    iterator = iter(loader)
+    watchdog = _Watchdog(iterator, settings.batch_timeout)
     try:
         while True:
             try:
@@ -157,6 +158,22 @@ def _loader(
             yield batch
     finally:
         watchdog.stop()
+        _end_workers(iterator)
+
+
+def _end_workers(iterator: Any) -> None:
+    """Stop the workers now. Left to DataLoader (when the iterator is collected), workers
+    of a run stopped by Ctrl-C or SIGTERM outlive it by seconds; they only decode, so
+    nothing is lost by killing them."""
+    workers = getattr(iterator, "_workers", [])
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+    for worker in workers:
+        worker.join(timeout=2)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()  # its queues and pin-memory thread; the workers are gone already
 
 
 def _isolated_batch(dataset: ImageFiles, positions: Sequence[int], timeout: float) -> DecodedBatch:

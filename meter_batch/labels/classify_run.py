@@ -67,7 +67,7 @@ class _Version:
 
     def matrix_path(self, store: Store) -> Path:
         relpath = self.entry.matrix
-        return staged_path(store, relpath) if self.new else store.path(relpath)
+        return staged_path(store, relpath) if self.new else store.checked(relpath)
 
 
 def classify(

@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from meter_batch import faults
 from meter_batch.store.commit import Store, staged_path, write_error, write_parquet_staged
 from meter_batch.store.layout import label_matrix_file, prediction_part
+from meter_batch.store.read import read_columns
 
 
 class PredictionWriter:
@@ -54,6 +56,7 @@ class PredictionWriter:
                 self._open(batch.schema)
             assert self._writer is not None
             self._writer.write_batch(batch)
+            faults.point("predictions")
         except OSError as exc:
             raise write_error(self.store.root, exc) from exc
         self._part_rows += batch.num_rows
@@ -94,5 +97,5 @@ def write_label_matrix(
 
 
 def read_label_matrix(path: Path) -> np.ndarray:
-    column = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
+    column = read_columns(path, ["embedding"]).column("embedding").combine_chunks()
     return column.values.to_numpy().reshape(len(column), column.type.list_size)

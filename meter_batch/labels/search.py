@@ -49,7 +49,7 @@ def search(
     query = (
         _text_query(store, text, model) if text is not None else _image_query(store, image, model)
     )
-    scores, ids = index_search(load_index(store.path(store.manifest.index)), query[None, :], k)
+    scores, ids = index_search(load_index(store.checked(store.manifest.index)), query[None, :], k)
     # float16-stored vectors are unit length only to ~1e-3: a cosine may read 1.0003
     found = [
         (int(i), min(1.0, max(-1.0, float(s))))
@@ -79,5 +79,6 @@ def _image_query(store: Store, image: Path | None, model: ModelSpec | None) -> n
     decoded = decode_file(bytes(image.resolve()), 0, DecodeOptions(stage.transform, 10**9))
     if decoded.kind is not None or decoded.pixels is None:
         raise InputError(f"cannot use {image} as a query: {decoded.kind}: {decoded.message}")
-    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, plan_device("cpu", "fp32"))
+    device = plan_device("cpu", "fp32")
+    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device, name=loaded.architecture)
     return encoder(torch.from_numpy(decoded.pixels[None].copy()))[0].astype(np.float32)

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -25,6 +25,9 @@ from meter_batch import faults
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ConfigError, ModelMismatchError, StoreError, StoreLockedError
 from meter_batch.model.identity import ModelIdentity
+from meter_batch.store.integrity import checked, file_sum
+from meter_batch.store.invariants import check_writable
+from meter_batch.store.json_shape import check_manifest, check_store_file
 from meter_batch.store.layout import (
     DATA_FOLDERS,
     LOCK_FILE,
@@ -56,8 +59,12 @@ class Store:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
+    def checked(self, relative: str) -> Path:
+        """A committed file's path, once its size matches its commit's record."""
+        return checked(self.root, relative, self.manifest.files.get(relative))
+
     def live_paths(self, kind: LiveKind) -> list[Path]:
-        """The committed files of one kind, in commit order."""
+        """The committed files of one kind, in commit order, each size-checked."""
         manifest = self.manifest
         relpaths = {
             "embeddings": manifest.embedding_parts,
@@ -66,23 +73,20 @@ class Store:
             "tombstones": manifest.tombstone_parts,
             "predictions": tuple(p for entry in manifest.label_sets for p in entry.parts),
         }
-        return [self.root / p for p in relpaths[kind]]
+        return [self.checked(p) for p in relpaths[kind]]
 
 
 def open_store(root: Path) -> Store:
     """Open an existing store for reading."""
     info = _read_store_file(root)
-    try:
-        identity = ModelIdentity.from_json(info["model"])
-    except TypeError as exc:
-        raise StoreError(f"{root / STORE_FILE}: unreadable model identity ({exc})") from exc
+    identity = ModelIdentity.from_json(info["model"])
     return Store(root, identity, _model_source(root, info["model_source"]), _latest(root))
 
 
 def _model_source(root: Path, data: Any) -> ModelSpec:
     try:
         return ModelSpec(**data)
-    except (TypeError, ConfigError) as exc:
+    except ConfigError as exc:
         raise StoreError(f"{root / STORE_FILE}: unreadable model_source ({exc})") from exc
 
 
@@ -132,6 +136,20 @@ def _open_lock_file(root: Path) -> tuple[BinaryIO, bool] | None:
         raise StoreError(f"cannot create store at {root}: {exc.strerror or exc}") from exc
 
 
+def lock_is_held(root: Path) -> bool:
+    """Is a run holding the store's lock right now? (Asked without creating anything.)"""
+    try:
+        with open(root / LOCK_FILE, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except OSError:  # no lock file: no run has ever held it
+        return False
+
+
 def _is_current_lock_file(root: Path, handle: BinaryIO) -> bool:
     """A lock taken on a lock file that was unlinked meanwhile locks nothing."""
     try:
@@ -153,7 +171,8 @@ def open_existing(root: Path, lock: BinaryIO) -> Store:
     """Open a store that must already exist, for a writer holding ``lock``."""
     store = open_store(root)
     store.lock = lock
-    _remove_debris(store)
+    check_writable(root, store.manifest)
+    remove_debris(store)
     return store
 
 
@@ -169,10 +188,11 @@ def open_for_write(
                 f"store {root} was written by another model ({'; '.join(problems)}); "
                 f"use a new --store or the store's model"
             )
+        check_writable(root, store.manifest)
     else:
         store = _create(root, identity, model_source)
     store.lock = lock
-    _remove_debris(store)
+    remove_debris(store)
     return store
 
 
@@ -201,7 +221,7 @@ def _write_store_file(root: Path, identity: ModelIdentity, model_source: ModelSp
         "model": identity.to_json(),
         "model_source": asdict(model_source),
     }
-    write_atomic(root / STORE_FILE, lambda f: f.write(_json_bytes(info)))
+    write_atomic(root / STORE_FILE, lambda f: f.write(_json_bytes(info)), "store_file")
 
 
 def _read_store_file(root: Path) -> dict[str, Any]:
@@ -213,7 +233,12 @@ def _read_store_file(root: Path) -> dict[str, Any]:
         raise StoreError(f"cannot read {root / STORE_FILE}: {exc}") from exc
     if not isinstance(info, dict) or not {"model", "model_source"} <= set(info):
         raise StoreError(f"{root / STORE_FILE} is not a meter-batch store file")
-    if info.get("format_version") != FORMAT_VERSION:
+    if info.get("format_version") == FORMAT_VERSION:
+        try:
+            check_store_file(info, STORE_FILE)
+        except ValueError as exc:
+            raise StoreError(f"{root}: damaged {exc}") from exc
+    else:
         raise StoreError(
             f"{root} has store format {info.get('format_version')!r}; "
             f"this meter-batch reads format {FORMAT_VERSION}"
@@ -221,56 +246,89 @@ def _read_store_file(root: Path) -> dict[str, Any]:
     return info
 
 
-def _manifest_files(root: Path) -> list[Path]:
-    return sorted((root / Folder.MANIFESTS).glob(MANIFEST_GLOB))
+def manifest_files(root: Path) -> list[Path]:
+    """The manifests in commit order (their names are their seq); other files are ignored."""
+    files = (root / Folder.MANIFESTS).glob(MANIFEST_GLOB)
+    return sorted(f for f in files if f.name.removesuffix(".json").isdigit())
+
+
+def read_manifest(path: Path) -> Manifest:
+    """One manifest file, its shape checked: any damage is one StoreError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        check_manifest(data, path.name)
+        return Manifest.from_json(data)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise StoreError(f"cannot read manifest {path}: {exc}") from exc
 
 
 def _latest(root: Path) -> Manifest:
-    files = _manifest_files(root)
+    """The newest manifest. Its name must be its seq: a stale copy under a higher name
+    would otherwise hide every later commit, and the next writer would delete their
+    parts as debris."""
+    files = manifest_files(root)
     if not files:
         return Manifest()
-    try:
-        return Manifest.from_json(json.loads(files[-1].read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as exc:
-        raise StoreError(f"cannot read manifest {files[-1]}: {exc}") from exc
+    manifest = read_manifest(files[-1])
+    if files[-1].name != PurePosixPath(manifest_file(manifest.seq)).name:
+        raise StoreError(
+            f"manifests disagree: {files[-1]} holds commit {manifest.seq}, not "
+            f"{int(files[-1].stem)} (copied or edited by hand?); `meter-batch repair "
+            f"{root}` sets aside the manifests whose name and content disagree"
+        )
+    return manifest
 
 
-def _remove_debris(store: Store) -> None:
-    """Delete what a crashed run left: staged files and parts no manifest lists."""
-    live = _live_files(store.manifest)
+def remove_debris(store: Store) -> None:
+    """Delete what a crashed run left: staged files and parts no manifest lists. Only
+    inside the store: a folder that is a symbolic link is refused, links inside the
+    folders are removed as links, never followed."""
+    _check_real_folders(store.root)
+    live = store.manifest.live_files()
     staging = store.root / Folder.STAGING
-    if not staging.is_dir() or any(staging.iterdir()):
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-    manifests = store.root / Folder.MANIFESTS
-    for temp in [*store.root.glob(TEMP_GLOB), *manifests.glob(TEMP_GLOB)]:
-        temp.unlink(missing_ok=True)
-    for folder in DATA_FOLDERS:
-        for path in sorted((store.root / folder).rglob("*")):
-            relpath = path.relative_to(store.root).as_posix()
-            if path.is_file() and relpath not in live and not _kept_index(store, folder, path):
-                path.unlink(missing_ok=True)
+    try:
+        if not staging.is_dir() or any(staging.iterdir()):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(exist_ok=True)
+        manifests = store.root / Folder.MANIFESTS
+        for temp in [*store.root.glob(TEMP_GLOB), *manifests.glob(TEMP_GLOB)]:
+            temp.unlink(missing_ok=True)
+        for folder in DATA_FOLDERS:
+            for relpath in _files_below(store.root, folder):
+                if relpath not in live and not _kept_index(store, folder, relpath):
+                    (store.root / relpath).unlink(missing_ok=True)
+    except OSError as exc:
+        raise write_error(store.root, exc) from exc
 
 
-def _live_files(manifest: Manifest) -> set[str]:
-    live = {*manifest.embedding_parts, *manifest.failure_parts, *manifest.tombstone_parts}
-    live |= {vectors_file(p) for p in manifest.embedding_parts}
-    live |= {manifest.index} if manifest.index else set()
-    for entry in manifest.label_sets:
-        live |= {*entry.parts, entry.matrix}
-    return live
+def _check_real_folders(root: Path) -> None:
+    for folder in Folder:
+        if (root / folder).is_symlink() or (root / folder).exists() != (root / folder).is_dir():
+            raise StoreError(
+                f"{root / folder} is not a folder of the store (a symbolic link or a file): "
+                f"meter-batch deletes debris in its folders and will not follow it out of "
+                f"the store; make it a real folder"
+            )
 
 
-def _kept_index(store: Store, folder: Folder, path: Path) -> bool:
+def _files_below(root: Path, folder: Folder) -> list[str]:
+    """Relative paths of the files (and links) under ``root / folder``, links not followed."""
+    found = []
+    for parent, folders, files in os.walk(root / folder, followlinks=False):
+        links = [f for f in folders if os.path.islink(os.path.join(parent, f))]
+        for name in sorted([*files, *links]):
+            found.append(Path(parent, name).relative_to(root).as_posix())
+    return found
+
+
+def _kept_index(store: Store, folder: Folder, relpath: str) -> bool:
     """Keep the indexes the kept manifests name: a reader may still have the previous open."""
     if folder != Folder.INDEX:
         return False
-    for kept in _manifest_files(store.root):
+    for kept in manifest_files(store.root):
         try:
-            if (
-                json.loads(kept.read_text(encoding="utf-8")).get("index")
-                == f"{Folder.INDEX}/{path.name}"
-            ):
+            data = json.loads(kept.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and data.get("index") == relpath:
                 return True
         except (OSError, ValueError):
             continue
@@ -305,8 +363,10 @@ def staged_path(store: Store, final_relpath: str) -> Path:
 def commit(
     store: Store, manifest: Manifest, staged: Sequence[str], index_file: Path | None
 ) -> None:
-    """Move staged parts (and the new index) into place, then write the manifest: the commit."""
+    """Move staged parts (and the new index) into place, then write the manifest: the commit.
+    The manifest records each live file's size and digest (the new ones computed here)."""
     try:
+        manifest = _with_sums(store, manifest, staged, index_file)
         folders = set()
         for relpath in staged:
             folder = (store.root / relpath).parent
@@ -330,8 +390,19 @@ def commit(
     _prune_manifests(store.root)
 
 
+def _with_sums(
+    store: Store, manifest: Manifest, staged: Sequence[str], index_file: Path | None
+) -> Manifest:
+    live = manifest.live_files()
+    sums = {k: v for k, v in manifest.files.items() if k in live}
+    sums |= {relpath: file_sum(staged_path(store, relpath)) for relpath in staged}
+    if index_file is not None and manifest.index:
+        sums[manifest.index] = file_sum(index_file)
+    return replace(manifest, files=sums)
+
+
 def _prune_manifests(root: Path) -> None:
-    for old in _manifest_files(root)[:-KEEP_MANIFESTS]:
+    for old in manifest_files(root)[:-KEEP_MANIFESTS]:
         old.unlink(missing_ok=True)
 
 
@@ -342,12 +413,16 @@ def next_manifest(store: Store, **changes: Any) -> Manifest:
 def write_atomic(path: Path, write: Callable[[BinaryIO], object], fault: str = "") -> None:
     """Temp file in the same folder, fsync, rename, fsync the folder."""
     temp = path.with_name(temp_name(path.name))
-    with open(temp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    faults.point(fault)
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        faults.point(fault)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a half-written temp must not fill the disk further
+        raise
     fsync_dir(path.parent)
 
 
@@ -363,7 +438,10 @@ def _json_bytes(data: Any) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+_PLAIN_REASONS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded"}
+
+
 def write_error(where: Path, exc: OSError) -> StoreError:
-    """One line for a failed store write; ENOSPC is said plainly."""
-    reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    """The one line for a failed store write; a full disk or quota is said plainly."""
+    reason = _PLAIN_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
     return StoreError(f"writing to {where} failed: {reason}; the last commit is intact")

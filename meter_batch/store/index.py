@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
 
 from meter_batch import faults
 from meter_batch.errors import StoreError
-from meter_batch.store.commit import Store
+from meter_batch.store.commit import Store, write_error
 from meter_batch.store.read import live_ids
 from meter_batch.store.vectors import iter_vectors
 
@@ -43,20 +44,41 @@ def index_ids(index: faiss.IndexIDMap2) -> np.ndarray:
 
 
 def save_index(index: faiss.IndexIDMap2, path: Path) -> None:
-    """Write to ``path`` and read it back: faiss reports some write errors only on stderr."""
+    """Write to ``path`` and read it back: faiss reports some write errors only on stderr.
+    The bytes go through Python's file, so a full disk is an OSError with its errno (and
+    the one line every write failure gets), not a C++ message."""
     try:
-        faiss.write_index(index, str(path))
-        with open(path, "rb+") as handle:
+        with open(path, "wb") as handle:
+            _write_through(index, handle)
+            handle.flush()
             os.fsync(handle.fileno())
-    except (RuntimeError, OSError) as exc:
-        raise StoreError(f"writing FAISS index {path} failed: {exc}") from exc
-    faults.point("faiss")
+        faults.point("faiss")
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     check = load_index(path)
     if check.ntotal != index.ntotal or check.d != index.d:
         raise StoreError(
             f"FAISS index {path} reads back with {check.ntotal} vectors of dim {check.d}, "
             f"expected {index.ntotal} of dim {index.d}"
         )
+
+
+def _write_through(index: faiss.IndexIDMap2, handle: BinaryIO) -> None:
+    failed: list[OSError] = []
+
+    def write(data: bytes) -> int:
+        try:
+            return handle.write(data)
+        except OSError as exc:
+            failed.append(exc)
+            raise
+
+    try:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
+    except RuntimeError as exc:
+        if failed:
+            raise failed[0] from exc
+        raise StoreError(f"writing FAISS index failed: {exc}") from exc
 
 
 def load_index(path: Path) -> faiss.IndexIDMap2:
@@ -99,5 +121,5 @@ def reconcile_index(store: Store, index: faiss.IndexIDMap2) -> faiss.IndexIDMap2
 
 def open_index(store: Store) -> faiss.IndexIDMap2:
     if store.manifest.index:
-        return load_index(store.path(store.manifest.index))
+        return load_index(store.checked(store.manifest.index))
     return new_index(store.identity.embed_dim)

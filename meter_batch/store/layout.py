@@ -30,6 +30,7 @@ CATALOG = "catalog.duckdb"
 CATALOG_EMPTY = "catalog-empty"  # schema-only Parquet files standing in for "no parts yet"
 VECTORS_SUFFIX = ".vectors.arrow"
 PARQUET_SUFFIX = ".parquet"
+INDEX_SUFFIX = ".faiss"
 
 
 class Folder(StrEnum):
@@ -71,7 +72,7 @@ def label_matrix_file(version: str) -> str:
 
 
 def index_file(seq: int) -> str:
-    return f"{Folder.INDEX}/{seq:012d}.faiss"
+    return f"{Folder.INDEX}/{seq:012d}{INDEX_SUFFIX}"
 
 
 def manifest_file(seq: int) -> str:

@@ -14,12 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter_batch.store.commit import Store
+from meter_batch.store.integrity import reading
 
 
 def read_columns(path: Path, columns: list[str]) -> pa.Table:
     """Some columns of one part. (pq.read_table would go through pyarrow.dataset, whose
     import loads pandas where it is installed: 0.36 s of every `verify`, measured.)"""
-    return pq.ParquetFile(path).read(columns=columns)
+    with reading(path):
+        return pq.ParquetFile(path).read(columns=columns)
 
 
 def tombstoned_ids(store: Store) -> set[int]:
@@ -55,7 +57,8 @@ def fetch_rows(store: Store, ids: list[int]) -> dict[int, StoredImage]:
     found: dict[int, StoredImage] = {}
     columns = ["image_id", "width", "height", "frames", "embedding"]
     for path in store.live_paths("embeddings"):
-        table = pq.read_table(path, columns=columns, filters=[("image_id", "in", ids)])
+        with reading(path):
+            table = pq.read_table(path, columns=columns, filters=[("image_id", "in", ids)])
         matrix = embedding_matrix(table)
         for i, row in enumerate(table.select(columns[:4]).to_pylist()):
             found[row["image_id"]] = StoredImage(
@@ -69,7 +72,10 @@ def paths_of(store: Store, ids: list[int]) -> dict[int, str]:
         return {}
     found: dict[int, str] = {}
     for part in store.live_paths("embeddings"):
-        table = pq.read_table(part, columns=["image_id", "path"], filters=[("image_id", "in", ids)])
+        with reading(part):
+            table = pq.read_table(
+                part, columns=["image_id", "path"], filters=[("image_id", "in", ids)]
+            )
         found.update(
             zip(table.column("image_id").to_pylist(), table.column("path").to_pylist(), strict=True)
         )

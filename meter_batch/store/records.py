@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, ClassVar
 
+from meter_batch.store.layout import vectors_file
+
 FORMAT_VERSION = 2  # 2: frames column, pixel policy in the model identity
 
 # A decoder process that crashed or hung is recorded as `decode_error` (the kind users
@@ -174,6 +176,15 @@ class LabelSetEntry:
 
 
 @dataclass(frozen=True)
+class FileSum:
+    """A committed file's size and SHA-256 digest (hex), as its commit wrote it: readers
+    compare the size before use, `verify` the digest."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """One committed state of the store: the files that are live, the runs, the label sets."""
 
@@ -187,11 +198,16 @@ class Manifest:
     path_prefixes: tuple[str, ...] = ()  # every prefix any commit used ("" = unprefixed)
     runs: tuple[RunRecord, ...] = ()
     label_sets: tuple[LabelSetEntry, ...] = field(default=())
+    # every live file's size and digest; a file committed before checksums has none
+    files: dict[str, FileSum] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["runs"] = [run.to_json() for run in self.runs]
         data["label_sets"] = [entry.to_json() for entry in self.label_sets]
+        data["files"] = {relpath: asdict(s) for relpath, s in sorted(self.files.items())}
+        if not self.files:
+            del data["files"]  # a manifest from before checksums is written back as it was
         return {"format_version": FORMAT_VERSION, **data}
 
     @classmethod
@@ -201,7 +217,17 @@ class Manifest:
             data[key] = tuple(data.get(key, ()))
         data["runs"] = tuple(RunRecord.from_json(r) for r in data.get("runs", ()))
         data["label_sets"] = tuple(LabelSetEntry.from_json(e) for e in data.get("label_sets", ()))
+        data["files"] = {k: FileSum(**v) for k, v in data.get("files", {}).items()}
         return cls(**data)
+
+    def live_files(self) -> set[str]:
+        """Every file this manifest makes live (relative paths)."""
+        live = {*self.embedding_parts, *self.failure_parts, *self.tombstone_parts}
+        live |= {vectors_file(p) for p in self.embedding_parts}
+        live |= {self.index} if self.index else set()
+        for entry in self.label_sets:
+            live |= {*entry.parts, entry.matrix}
+        return live
 
     def label_set(self, version: str) -> LabelSetEntry | None:
         return next((e for e in self.label_sets if e.version == version), None)

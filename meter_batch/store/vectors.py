@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from meter_batch.store.integrity import reading
+
 BATCH_ROWS = 4096
 
 
@@ -50,7 +52,7 @@ def write_vectors(path: Path, ids: np.ndarray, matrix: np.ndarray) -> None:
 
 def iter_vectors(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (image_ids int64, float16 matrix) per record batch; views, no copies."""
-    with pa.OSFile(str(path), "rb") as source:
+    with reading(path), pa.OSFile(str(path), "rb") as source:
         reader = ipc.open_file(source)
         dim = reader.schema.field("vector").type.byte_width // 2
         for i in range(reader.num_record_batches):

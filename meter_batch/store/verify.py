@@ -1,73 +1,100 @@
-"""`verify`: do the manifest, the parts, the FAISS ids and the catalog agree?
+"""`verify`: do the manifest, the files' contents, the FAISS ids and the catalog agree?
 
 Every problem found is listed (none is fatal to the check itself); an empty list means
-the store is consistent: every listed file reads, ids are unique, every live row is in
-the index and the index holds nothing else, and the catalog shows the same rows.
+the store is consistent: every listed file has the size and SHA-256 its commit recorded
+(``quick``: the size only) and reads, ids are unique, no embedding is NaN or infinite,
+every live row is in the index and the index holds nothing else, and the catalog shows
+the same rows. While a run holds the store's lock, what a run in progress leaves behind
+(an index that lags, a catalog a commit behind) is a note, not a problem.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import duckdb
+import numpy as np
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
-from meter_batch.errors import MeterBatchError
+from meter_batch.errors import MeterBatchError, StoreError
 from meter_batch.store.catalog import catalog_is_current
-from meter_batch.store.commit import Store, open_store
+from meter_batch.store.commit import Store, lock_is_held, open_store
 from meter_batch.store.index import index_ids, load_index
+from meter_batch.store.integrity import file_problem
+from meter_batch.store.invariants import writer_problems
 from meter_batch.store.layout import CATALOG, vectors_file
-from meter_batch.store.read import read_columns, tombstoned_ids
+from meter_batch.store.read import read_columns
 
 
-class Report(NamedTuple):
-    """What verify found: every problem (none: consistent), and the rows it counted
-    (rows, live, tombstoned; empty when the store could not be opened)."""
+@dataclass(frozen=True)
+class Report:
+    """What verify found: every problem (none: consistent), the rows it counted (rows,
+    live, tombstoned; empty when the store could not be opened), and notes that are not
+    problems (a run in progress)."""
 
     problems: list[str]
     counts: dict[str, int]
+    notes: list[str] = field(default_factory=list)
 
 
-def verify(root: Path) -> Report:
-    """Check the store at ``root``."""
+def verify(root: Path, quick: bool = False) -> Report:
+    """Check the store at ``root``; ``quick`` compares file sizes, not digests."""
     try:
         store = open_store(root)
     except MeterBatchError as exc:
         return Report([str(exc)], {})
     problems: list[str] = []
-    ids = _check_parts(store, problems)
+    notes: list[str] = []
+    lagging = notes if lock_is_held(root) else problems
+    if lagging is notes:
+        notes.append("a run holds the store's lock: it is in progress")
+    damaged = _check_files(store, quick, problems)
+    ids = _check_parts(store, damaged, problems)
     duplicates = [i for i, n in Counter(ids).items() if n > 1]
     if duplicates:
         problems.append(f"{len(duplicates)} image ids appear more than once: {_few(duplicates)}")
-    if ids and max(ids) >= store.manifest.next_image_id:
-        problems.append(f"image id {max(ids)} >= the manifest's next_image_id")
-    dead = _check_tombstones(store, set(ids), problems)
+    problems += _writer_problems(store)
+    dead = _check_tombstones(store, damaged, problems)
     live = set(ids) - dead
-    _check_index(store, live, problems)
-    _check_catalog(store, len(live), problems)
-    _check_label_sets(store, problems)
-    return Report(problems, {"rows": len(ids), "live": len(live), "tombstoned": len(dead)})
+    _check_index(store, live, problems, lagging)
+    _check_catalog(store, len(live), problems, lagging)
+    counts = {"rows": len(ids), "live": len(live), "tombstoned": len(dead)}
+    return Report(problems, counts, notes)
 
 
-def _check_parts(store: Store, problems: list[str]) -> list[int]:
+def _writer_problems(store: Store) -> list[str]:
+    try:
+        return writer_problems(store.root, store.manifest)
+    except StoreError:
+        return []  # a part that cannot be read: _check_files has said so
+
+
+def _check_files(store: Store, quick: bool, problems: list[str]) -> set[str]:
+    """Every live file against its commit's size and digest; returns the damaged ones."""
+    damaged = set()
+    for relpath in sorted(store.manifest.live_files()):
+        problem = file_problem(store.root, relpath, store.manifest.files.get(relpath), quick)
+        if problem:
+            problems.append(f"{relpath}: {problem}")
+            damaged.add(relpath)
+    return damaged
+
+
+def _check_parts(store: Store, damaged: set[str], problems: list[str]) -> list[int]:
     ids: list[int] = []
     for relpath in store.manifest.embedding_parts:
-        part = store.path(relpath)
+        if relpath in damaged:
+            continue
         try:
-            part_ids = read_columns(part, ["image_id"]).column(0).to_pylist()
-        except (OSError, ValueError) as exc:
+            part_ids = read_columns(store.path(relpath), ["image_id"]).column(0).to_pylist()
+        except StoreError as exc:
             problems.append(f"{relpath}: unreadable: {exc}")
             continue
         ids += part_ids
-        _check_vectors(store.path(vectors_file(relpath)), relpath, part_ids, problems)
-    for relpath in (*store.manifest.failure_parts, *store.manifest.tombstone_parts):
-        try:
-            pq.ParquetFile(store.path(relpath)).metadata  # noqa: B018 -- reads the footer
-        except (OSError, ValueError) as exc:
-            problems.append(f"{relpath}: unreadable: {exc}")
+        if vectors_file(relpath) not in damaged:
+            _check_vectors(store.path(vectors_file(relpath)), relpath, part_ids, problems)
     return ids
 
 
@@ -80,24 +107,31 @@ def _check_vectors(vectors: Path, relpath: str, part_ids: list[int], problems: l
         return
     if table.column("image_id").to_pylist() != part_ids:
         problems.append(f"{relpath}: its vectors file holds other image ids than the part")
+    values = table.column("vector").combine_chunks().buffers()[1]
+    if values is not None and not np.isfinite(np.frombuffer(values, np.float16)).all():
+        problems.append(f"{relpath}: its vectors file holds NaN or infinite embeddings")
 
 
-def _check_tombstones(store: Store, ids: set[int], problems: list[str]) -> set[int]:
-    try:
-        dead = tombstoned_ids(store)
-    except (OSError, ValueError) as exc:
-        problems.append(f"tombstones unreadable: {exc}")
-        return set()
-    unknown = dead - ids
-    if unknown:
-        problems.append(f"{len(unknown)} tombstones name ids no part holds: {_few(unknown)}")
+def _check_tombstones(store: Store, damaged: set[str], problems: list[str]) -> set[int]:
+    dead: set[int] = set()
+    for relpath in store.manifest.tombstone_parts:
+        if relpath not in damaged:
+            try:
+                column = read_columns(store.path(relpath), ["image_id"]).column(0)
+            except StoreError as exc:
+                problems.append(f"{relpath}: unreadable: {exc}")
+                continue
+            dead.update(i for i in column.to_pylist() if i is not None)
+    never = {i for i in dead if i >= store.manifest.next_image_id}
+    if never:
+        problems.append(f"{len(never)} tombstones name ids never given out: {_few(never)}")
     return dead
 
 
-def _check_index(store: Store, live: set[int], problems: list[str]) -> None:
+def _check_index(store: Store, live: set[int], problems: list[str], lagging: list[str]) -> None:
     if not store.manifest.index:
         if live:
-            problems.append(
+            lagging.append(
                 "the manifest lists no FAISS index but the store has live rows (a first run "
                 "stopped before its last commit): run encode again, or rebuild-index"
             )
@@ -112,7 +146,7 @@ def _check_index(store: Store, live: set[int], problems: list[str]) -> None:
         problems.append(f"FAISS index holds {len(duplicates)} ids twice: {_few(duplicates)}")
     missing, extra = live - set(present.tolist()), set(present.tolist()) - live
     if not store.manifest.index_current:
-        problems.append(
+        lagging.append(
             "the FAISS index lags the parts (a run stopped before its last commit): "
             "run encode again, or rebuild-index"
         )
@@ -125,7 +159,7 @@ def _check_index(store: Store, live: set[int], problems: list[str]) -> None:
         problems.append(f"FAISS index holds {len(extra)} ids without a live row: {_few(extra)}")
 
 
-def _check_catalog(store: Store, live: int, problems: list[str]) -> None:
+def _check_catalog(store: Store, live: int, problems: list[str], lagging: list[str]) -> None:
     catalog = store.path(CATALOG)
     if not catalog.exists():
         problems.append(f"{CATALOG} is missing")
@@ -136,20 +170,14 @@ def _check_catalog(store: Store, live: int, problems: list[str]) -> None:
     except duckdb.Error as exc:
         problems.append(f"{CATALOG} cannot be queried: {str(exc).splitlines()[0]}")
         return
-    if shown != live:
-        problems.append(f"{CATALOG} shows {shown} images, the parts hold {live} live rows")
-    if not catalog_is_current(store):
-        problems.append(
+    if catalog_is_current(store):
+        if shown != live:
+            problems.append(f"{CATALOG} shows {shown} images, the parts hold {live} live rows")
+    else:  # a catalog a commit behind shows other counts: that it is behind says it all
+        lagging.append(
             f"{CATALOG} was built from an older manifest or by an older meter-batch "
             "(the next encode or classify rebuilds it)"
         )
-
-
-def _check_label_sets(store: Store, problems: list[str]) -> None:
-    for entry in store.manifest.label_sets:
-        for relpath in [entry.matrix, *entry.parts]:
-            if not store.path(relpath).is_file():
-                problems.append(f"label set {entry.version}: {relpath} is missing")
 
 
 def _few(values: object) -> str:

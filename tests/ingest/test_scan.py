@@ -40,6 +40,32 @@ def test_broken_symlink_is_a_failure(tmp_path):
     assert items == [ScanFailure(b"dangling.jpg", FailureKind.VANISHED, "broken symbolic link")]
 
 
+def test_a_fifo_or_socket_with_an_image_name_is_a_failure_never_opened(tmp_path):
+    import socket
+
+    os.mkfifo(tmp_path / "pipe.jpg")  # opened for reading, it would block the run for good
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock.png"))
+        items = list(scan_images(tmp_path))
+    assert items == [
+        ScanFailure(b"pipe.jpg", FailureKind.UNIDENTIFIED,
+                    "a named pipe (FIFO), not a regular file: never opened"),
+        ScanFailure(b"sock.png", FailureKind.UNIDENTIFIED,
+                    "a socket, not a regular file: never opened"),
+    ]  # fmt: skip
+
+
+def test_a_fifo_is_recorded_once_and_the_nightly_run_does_not_block(tmp_path, configs):
+    from tests.helpers import encode_images, make_images
+
+    make_images(tmp_path / "images", 2)
+    os.mkfifo(tmp_path / "images" / "pipe.jpg")
+    first = encode_images(tmp_path / "images", tmp_path / "s", configs["vit"], workers=0)
+    assert (first.encoded, first.failed) == (2, 1)
+    again = encode_images(tmp_path / "images", tmp_path / "s", configs["vit"], workers=0)
+    assert (again.encoded, again.failed, again.commits) == (0, 0, 0)
+
+
 def test_non_utf8_names_survive_as_bytes(tmp_path):
     raw = "メーター".encode("shift_jis") + b".jpg"
     with open(os.path.join(os.fsencode(tmp_path), raw), "wb") as handle:

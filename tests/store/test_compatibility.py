@@ -20,7 +20,7 @@ from meter_batch.cli import main
 from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import open_store
 from meter_batch.store.records import FailureKind, Manifest
-from meter_batch.store.verify import verify
+from meter_batch.store.verify import Report, verify
 from tests.helpers import OLD_STORE, REPO
 
 LABELS = REPO / "jobs" / "labelsets" / "meter-type.toml"
@@ -40,11 +40,11 @@ def test_its_manifests_read_back_to_the_json_they_were(manifest: Path) -> None:
 
 
 def test_it_verifies_once_its_catalog_is_rebuilt(old_store: Path, capsys) -> None:
-    problems, counts = verify(old_store)
-    assert problems == ["catalog.duckdb is missing"]
-    assert counts == {"rows": 8, "live": 5, "tombstoned": 3}
+    report = verify(old_store)
+    assert report.problems == ["catalog.duckdb is missing"]
+    assert report.counts == {"rows": 8, "live": 5, "tombstoned": 3}
     assert main(["rebuild-index", str(old_store)]) == 0
-    assert verify(old_store) == ([], {"rows": 8, "live": 5, "tombstoned": 3})
+    assert verify(old_store) == Report([], {"rows": 8, "live": 5, "tombstoned": 3})
     capsys.readouterr()
 
 

@@ -35,4 +35,26 @@ def test_verify_lists_every_problem_and_rebuild_index_repairs_the_index(
     capsys.readouterr()
     assert main(["verify", str(store)]) == 8
     out = capsys.readouterr().out
-    assert "unreadable" in out and "more than once" in out and "without a live row" in out
+    assert "has 100 bytes, its commit wrote" in out and "more than once" in out
+    assert "without a live row" in out
+
+
+def test_verify_during_a_run_says_it_is_in_progress(tmp_path, image_dir, configs, capsys):
+    """A first run between its intermediate commits has no index yet: while its lock is
+    held that is a run in progress (exit 0, a note); once no one holds it, a problem."""
+    from meter_batch.store.commit import locked
+
+    images, _ = image_dir
+    store = tmp_path / "store"
+    encode(encode_config(images, store, configs["vit"], workers=0), False)
+    manifest_file = sorted((store / "manifests").glob("*.json"))[-1]
+    data = json.loads(manifest_file.read_text())
+    manifest_file.write_text(json.dumps({**data, "index": None, "index_current": False}))
+    capsys.readouterr()
+    with locked(store):
+        assert main(["verify", str(store)]) == 0
+        out = capsys.readouterr().out
+    assert "note: a run holds the store's lock: it is in progress" in out
+    assert "note: the manifest lists no FAISS index but the store has live rows" in out
+    assert main(["verify", str(store)]) == 8
+    assert "problem: the manifest lists no FAISS index" in capsys.readouterr().out

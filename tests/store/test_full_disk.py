@@ -1,0 +1,135 @@
+"""A disk that fills at any write of encode or classify: exit 5, the one promised line, and
+a store that verifies at its last commit (issue 15, item 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meter_batch import faults
+from meter_batch.cli import main
+from meter_batch.config import ModelSpec
+from meter_batch.store.commit import open_store
+from meter_batch.store.verify import verify
+from tests.helpers import assert_consistent, labels_toml, make_images, one_error_line
+
+STALE_CATALOG = (
+    "catalog.duckdb was built from an older manifest or by an older meter-batch "
+    "(the next encode or classify rebuilds it)"
+)
+ENCODE_POINTS = ("parquet", "vectors", "faiss", "rename", "manifest", "catalog")
+CLASSIFY_POINTS = ("parquet", "predictions", "rename", "manifest", "catalog")
+
+
+def _encode(images: Path, store: Path, model: ModelSpec, *extra: str) -> list[str]:
+    return ["-q", "encode", str(images), "--store", str(store), "--model", model.name,
+            "--pretrained", model.pretrained, "--workers", "0", *extra]  # fmt: skip
+
+
+def _classify(store: Path, labels: Path) -> list[str]:
+    return ["-q", "classify", "--store", str(store), "--labels", str(labels)]
+
+
+@pytest.fixture
+def ready(tmp_path: Path, image_dir, checkpoint_model: ModelSpec) -> tuple[Path, Path, ModelSpec]:
+    images, _ = image_dir
+    store = tmp_path / "store"
+    assert main(_encode(images, store, checkpoint_model)) == 0
+    assert main(_classify(store, labels_toml(tmp_path))) == 0
+    return images, store, checkpoint_model
+
+
+def _assert_kept_last_commit(store: Path, before: int, point: str) -> None:
+    """The manifest is the last commit's; after a failure past the commit (the catalog),
+    the only problem is the catalog a commit behind, which the next run rebuilds."""
+    seq = open_store(store).manifest.seq
+    assert seq == (before + 1 if point == "catalog" else before)
+    assert verify(store).problems == ([STALE_CATALOG] if point == "catalog" else [])
+
+
+@pytest.mark.parametrize(
+    ("command", "point"),
+    [("encode", p) for p in ENCODE_POINTS] + [("classify", p) for p in CLASSIFY_POINTS],
+)
+def test_a_disk_full_at_each_write_is_exit_5_and_keeps_the_last_commit(
+    ready, tmp_path, command, point, monkeypatch, capsys
+):
+    images, store, model = ready
+    make_images(images / "later", 3, seed=4)
+    argv = _encode(images, store, model) if command == "encode" else _classify(
+        store, labels_toml(tmp_path, name="other", digital="a digital meter")
+    )  # fmt: skip
+    before = open_store(store).manifest.seq
+    monkeypatch.setattr(faults, "_seen", Counter())
+    monkeypatch.setenv("METER_BATCH_FAIL_AT", f"{point}:1")
+    capsys.readouterr()
+    assert main(argv) == 5
+    line = one_error_line(capsys)
+    assert "failed: disk full; the last commit is intact" in line, line
+    monkeypatch.delenv("METER_BATCH_FAIL_AT")
+    _assert_kept_last_commit(store, before, point)
+    assert not list((store / "staging").iterdir()) or point != "catalog"
+    assert main(argv) == 0
+    assert_consistent(store)
+
+
+@contextlib.contextmanager
+def _small_filesystem(folder: Path, size: str) -> Iterator[Path]:
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("this machine cannot mount a tmpfs (not root, or no CAP_SYS_ADMIN)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _leave_free(folder: Path, free: int) -> Path:
+    """Fill ``folder``'s filesystem until ``free`` bytes are left (a filler file)."""
+    filler = folder / "filler"
+    stat = os.statvfs(folder)
+    available = stat.f_bavail * stat.f_frsize
+    filler.write_bytes(b"\0" * max(0, available - free))
+    return filler
+
+
+@pytest.mark.slow
+def test_a_really_full_filesystem_during_encode_and_classify(
+    tmp_path, image_dir, checkpoint_model, capsys
+):
+    """On a 4 MiB tmpfs left with 8 KiB to 1.5 MiB free, each encode (a commit every 4
+    images) and classify exits 0 or 5 with the promised line, never anything else, and
+    the store verifies at its last commit once there is room again."""
+    images, _ = image_dir
+    outcomes: Counter[int] = Counter()
+    with _small_filesystem(tmp_path / "small", "4m") as small:
+        store = small / "store"
+        assert main(_encode(images, store, checkpoint_model)) == 0
+        for round_, free in enumerate((8_192, 65_536, 262_144, 786_432, 1_572_864)):
+            make_images(images / f"round{round_}", 6, seed=20 + round_)
+            labels = labels_toml(tmp_path, name=f"set{round_}", digital=f"meter {round_}")
+            for argv in (_encode(images, store, checkpoint_model, "--commit-every", "4"),
+                         _classify(store, labels)):  # fmt: skip
+                filler = _leave_free(small, free)
+                capsys.readouterr()
+                code = main(argv)
+                outcomes[code] += 1
+                assert code in (0, 5)
+                if code == 5:
+                    assert "disk full; the last commit is intact" in one_error_line(capsys)
+                filler.unlink()
+                problems = verify(store).problems
+                assert problems in ([], [STALE_CATALOG]), problems
+        assert main(_encode(images, store, checkpoint_model)) == 0
+        assert_consistent(store)
+    assert outcomes[5] >= 2 and outcomes[0] >= 2, outcomes  # both outcomes were exercised
