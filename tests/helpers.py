@@ -3,8 +3,13 @@ reading a store back the way an outside reader would (only what the manifest lis
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +213,35 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
         str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
         for p in sorted(folder.rglob("*"))
     }
+
+
+# --- a disk that really fills up ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``16m``) mounted at ``folder``; the test is skipped where
+    mounting is not allowed (not root, or no CAP_SYS_ADMIN)."""
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Fill ``folder``'s file system until only ``leave`` bytes are free; the filler file
+    is returned (unlink it to make room again)."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 65536)
+        os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+    finally:
+        os.close(fd)
+    return filler

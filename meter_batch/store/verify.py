@@ -16,7 +16,6 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow.ipc as ipc
 
 from meter_batch.errors import MeterBatchError, StoreError
 from meter_batch.store.catalog import catalog_is_current
@@ -26,6 +25,7 @@ from meter_batch.store.integrity import file_problem
 from meter_batch.store.invariants import writer_problems
 from meter_batch.store.layout import CATALOG, vectors_file
 from meter_batch.store.read import read_columns
+from meter_batch.store.vectors import iter_vectors
 
 
 @dataclass(frozen=True)
@@ -99,16 +99,20 @@ def _check_parts(store: Store, damaged: set[str], problems: list[str]) -> list[i
 
 
 def _check_vectors(vectors: Path, relpath: str, part_ids: list[int], problems: list[str]) -> None:
+    """The vectors file holds the part's ids, in order, and only finite numbers; read a
+    record batch at a time, so memory stays flat whatever the part's size."""
+    ids: list[int] = []
+    finite = True
     try:
-        with open(vectors, "rb") as handle:
-            table = ipc.open_file(handle).read_all()
-    except (OSError, ValueError) as exc:
+        for batch_ids, matrix in iter_vectors(vectors):
+            ids += batch_ids.tolist()
+            finite = finite and bool(np.isfinite(matrix).all())
+    except StoreError as exc:
         problems.append(f"{relpath}: its vectors file is unreadable: {exc}")
         return
-    if table.column("image_id").to_pylist() != part_ids:
+    if ids != part_ids:
         problems.append(f"{relpath}: its vectors file holds other image ids than the part")
-    values = table.column("vector").combine_chunks().buffers()[1]
-    if values is not None and not np.isfinite(np.frombuffer(values, np.float16)).all():
+    if not finite:
         problems.append(f"{relpath}: its vectors file holds NaN or infinite embeddings")
 
 

@@ -4,10 +4,8 @@ disk (the previous catalog stays). What `query` may not do: test_query_sandbox.p
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from meter_batch.ingest.encode_run import encode
 from meter_batch.labels.classify_run import classify
 from meter_batch.store.catalog import catalog_is_current, refresh_catalog, run_query
 from meter_batch.store.commit import open_store
-from tests.helpers import labels_toml
+from tests.helpers import fill, labels_toml, small_filesystem
 
 
 def test_query_formats_and_named_queries(store, tmp_path, capsys):
@@ -225,27 +223,8 @@ def test_a_full_disk_writing_an_empty_stand_in_keeps_the_previous_catalog(encode
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs (root only): a disk that really fills up."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)]
-    if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_filesystem(tmp_path / "disk", "16m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
-
-
-def _fill(folder: Path, leave: int) -> None:
-    """Fill ``folder``'s file system until only ``leave`` bytes are free."""
-    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 65536)
-        os.ftruncate(fd, os.fstat(fd).st_size - leave)
-    finally:
-        os.close(fd)
 
 
 def test_a_really_full_disk_keeps_the_previous_catalog(encoded, small_disk):
@@ -254,7 +233,7 @@ def test_a_really_full_disk_keeps_the_previous_catalog(encoded, small_disk):
     shutil.copytree(encoded_root, root)
     refresh_catalog(open_store(root))  # the views name this copy's files
     before = (root / "catalog.duckdb").read_bytes()
-    _fill(small_disk, leave=64 * 1024)
+    fill(small_disk, leave=64 * 1024)
     with pytest.raises(StoreError, match="failed: disk full; the last commit is intact"):
         refresh_catalog(open_store(root))
     _assert_previous_catalog(root, before)

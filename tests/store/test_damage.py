@@ -137,6 +137,24 @@ def test_verify_sees_changed_bytes_in_a_vectors_file_and_quick_sees_sizes(classi
     assert_consistent(store)
 
 
+def test_verify_sees_nan_embeddings_an_older_version_wrote(classified, capsys):
+    """Before the encoder checked its output, a NaN checkpoint stored NaN embeddings under
+    valid checksums (here: a vectors file rewritten with NaNs, its sum dropped as in a
+    store written before checksums)."""
+    import numpy as np
+
+    from meter_batch.store.vectors import iter_vectors, write_vectors
+
+    _, store, _, _ = classified
+    relpath = vectors_file(open_store(store).manifest.embedding_parts[0])
+    ids = np.concatenate([i.copy() for i, _ in iter_vectors(store / relpath)])
+    write_vectors(store / relpath, ids, np.full((len(ids), 32), np.nan, np.float16))
+    data = json.loads(_newest_manifest(store).read_text())
+    _edit_manifest(store, files={k: v for k, v in data["files"].items() if k != relpath})
+    code, out = _run(capsys, "verify", str(store))
+    assert code == 8 and "its vectors file holds NaN or infinite embeddings" in out
+
+
 def test_a_truncated_prediction_part_is_caught_by_verify_and_refused_by_writers(classified, capsys):
     _, store, labels, _ = classified
     part = store / open_store(store).manifest.label_sets[0].parts[0]

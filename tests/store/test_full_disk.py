@@ -3,11 +3,7 @@ a store that verifies at its last commit (issue 15, item 1)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,14 @@ from meter_batch.cli import main
 from meter_batch.config import ModelSpec
 from meter_batch.store.commit import open_store
 from meter_batch.store.verify import verify
-from tests.helpers import assert_consistent, labels_toml, make_images, one_error_line
+from tests.helpers import (
+    assert_consistent,
+    fill,
+    labels_toml,
+    make_images,
+    one_error_line,
+    small_filesystem,
+)
 
 STALE_CATALOG = (
     "catalog.duckdb was built from an older manifest or by an older meter-batch "
@@ -79,30 +82,6 @@ def test_a_disk_full_at_each_write_is_exit_5_and_keeps_the_last_commit(
     assert_consistent(store)
 
 
-@contextlib.contextmanager
-def _small_filesystem(folder: Path, size: str) -> Iterator[Path]:
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("this machine cannot mount a tmpfs (not root, or no CAP_SYS_ADMIN)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def _leave_free(folder: Path, free: int) -> Path:
-    """Fill ``folder``'s filesystem until ``free`` bytes are left (a filler file)."""
-    filler = folder / "filler"
-    stat = os.statvfs(folder)
-    available = stat.f_bavail * stat.f_frsize
-    filler.write_bytes(b"\0" * max(0, available - free))
-    return filler
-
-
 @pytest.mark.slow
 def test_a_really_full_filesystem_during_encode_and_classify(
     tmp_path, image_dir, checkpoint_model, capsys
@@ -112,7 +91,7 @@ def test_a_really_full_filesystem_during_encode_and_classify(
     the store verifies at its last commit once there is room again."""
     images, _ = image_dir
     outcomes: Counter[int] = Counter()
-    with _small_filesystem(tmp_path / "small", "4m") as small:
+    with small_filesystem(tmp_path / "small", "4m") as small:
         store = small / "store"
         assert main(_encode(images, store, checkpoint_model)) == 0
         for round_, free in enumerate((8_192, 65_536, 262_144, 786_432, 1_572_864)):
@@ -120,7 +99,7 @@ def test_a_really_full_filesystem_during_encode_and_classify(
             labels = labels_toml(tmp_path, name=f"set{round_}", digital=f"meter {round_}")
             for argv in (_encode(images, store, checkpoint_model, "--commit-every", "4"),
                          _classify(store, labels)):  # fmt: skip
-                filler = _leave_free(small, free)
+                filler = fill(small, leave=free)
                 capsys.readouterr()
                 code = main(argv)
                 outcomes[code] += 1
