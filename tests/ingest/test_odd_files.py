@@ -349,3 +349,24 @@ def test_a_trns_colour_key_is_transparent(tmp_path, configs):
     pixels = _pixels(tmp_path / "keyed.png", stage)
     assert np.abs(pixels[:, :20] - BACKGROUND).max() <= 1
     assert np.abs(pixels[:, -20:] - (200, 0, 0)).max() <= 1
+
+
+def test_pillows_bomb_warning_does_not_reach_the_terminal_in_the_main_process(
+    tmp_path, monkeypatch
+):
+    """With --workers 0 (and for an image query) files decode in the main process, where
+    PIL's own bomb check stays on: a file above its warning size must not print
+    DecompressionBombWarning; our max_pixels cap is what decides."""
+    import warnings
+
+    from meter_batch.ingest.decode import DecodeOptions, configure_decoder_process, decode_file
+
+    configure_decoder_process(in_worker=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 40 = 1600: warns, < 2x
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would now be an exception
+        decoded = decode_file(bytes(path), 0, DecodeOptions(lambda image: image, 10**9))
+    assert (decoded.kind, decoded.width, decoded.height) == (None, 40, 40)
+    assert decoded.pixels is not None and decoded.pixels[0, 0].tolist() == [200, 10, 10]
