@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from datetime import datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from meter_batch import faults
 from meter_batch.errors import ConfigError, StoreError
 from meter_batch.store.commit import Store, fsync_dir, open_store, write_error
+from meter_batch.store.integrity import damaged
 from meter_batch.store.layout import CATALOG, LiveKind, catalog_empty_file, temp_name
 from meter_batch.store.records import LabelSetEntry, RunRecord
 from meter_batch.store.schema import (
@@ -249,8 +251,27 @@ def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) 
         with _open_sandboxed(store_root) as con:
             return con.sql(_one_select(con, sql), params=params or None).to_arrow_table()
     except duckdb.Error as exc:  # the connection is closed here: the hint opens its own
-        hint = _stale_hint(store_root)
-        raise ConfigError(f"query failed: {str(exc).splitlines()[0]}{hint}") from exc
+        text = str(exc).splitlines()[0]
+        damage = _damaged_file_named(store_root, text)
+        if damage is not None:
+            raise damage from exc
+        raise ConfigError(f"query failed: {text}{_stale_hint(store_root)}") from exc
+
+
+def _damaged_file_named(store_root: Path, text: str) -> StoreError | None:
+    """A query that failed on a file the manifest lists (truncated, overwritten): the
+    store is damaged (exit 5), not the query wrong (exit 2)."""
+    try:
+        store = open_store(store_root)
+    except StoreError as exc:
+        return exc
+    live = store.manifest.live_files()
+    for quoted in re.findall(r"'([^']+)'", text):
+        for root in {store_root.absolute(), store_root.resolve()}:
+            path = Path(quoted)
+            if path.is_relative_to(root) and path.relative_to(root).as_posix() in live:
+                return damaged(store_root, path.relative_to(root).as_posix(), "does not read")
+    return None
 
 
 # Set when the database starts: DuckDB takes allowed_directories only afterwards (SET).

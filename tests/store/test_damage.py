@@ -428,3 +428,14 @@ def test_no_command_gives_a_traceback_on_a_damaged_store(classified, kind, capsy
         assert code in (0, 2, 5, 8), (argv, code, capsys.readouterr())
     final = main(["verify", str(store)])
     assert final == (8 if kind == "store.json emptied" else 0), (codes, capsys.readouterr())
+
+
+def test_a_query_that_trips_on_a_damaged_part_says_the_store_is_damaged(classified, capsys):
+    _, store, _, _ = classified
+    part = open_store(store).manifest.embedding_parts[0]
+    _truncate(store / part)
+    capsys.readouterr()
+    assert main(["query", str(store), "SELECT count(*) FROM images"]) == 5
+    assert f"{part} does not read: the store is damaged" in one_error_line(capsys)
+    assert main(["query", str(store), "SELECT * FROM nowhere"]) == 2  # a wrong query is 2
+    assert "query failed" in one_error_line(capsys)
