@@ -262,6 +262,32 @@ def _run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument(
+        "--labels", type=Path, action="append", required=True,
+        help="label-set TOML file (repeat to compare several side by side)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--truth", type=Path, required=True, help="CSV: path (as stored) or image_id, label"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
+    parser.add_argument(
+        "--verbose", action="store_true", help="list the truth rows not in the store"
+    )
+    return _model_override_arguments(parser)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from meter_batch.labels.evaluate_run import evaluate
+    from meter_batch.labels.evaluation_report import report_text
+
+    report = evaluate(args.store, args.labels, args.truth, _model_override(args))
+    print(report_text(report, args.verbose))
+    _write_json(args.json, report.to_json())
+    return 0
+
+
 def _search_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("text", nargs="?", help="query text (or use --image)")
@@ -565,6 +591,16 @@ _COMMANDS = (
         "stored image not yet scored under this label-set version, and commit the "
         "predictions. The same file again is a no-op; an edited file is a new version.",
         arguments=_classify_arguments,
+    ),
+    _Command(
+        "evaluate",
+        _run_evaluate,
+        help="how good label sets are on images whose truth is known (no image is opened)",
+        description="Score the truth file's stored images with each label set and print, "
+        "side by side: accuracy and balanced accuracy with 95 % intervals, per-class "
+        "figures, the confusion matrix, calibration (ECE, NLL, Brier), risk-coverage and "
+        "abstention. The figures are recorded in the catalog's `evaluations` table.",
+        arguments=_evaluate_arguments,
     ),
     _Command(
         "search",

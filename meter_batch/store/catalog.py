@@ -28,8 +28,9 @@ from meter_batch.errors import ConfigError, StoreError
 from meter_batch.store.commit import Store, fsync_dir, open_store, write_error
 from meter_batch.store.integrity import damaged
 from meter_batch.store.layout import CATALOG, LiveKind, catalog_empty_file, temp_name
-from meter_batch.store.records import LabelSetEntry, RunRecord
+from meter_batch.store.records import EvaluationRecord, LabelSetEntry, RunRecord
 from meter_batch.store.schema import (
+    EVALUATIONS_SCHEMA,
     FAILURES_SCHEMA,
     LABEL_SETS_SCHEMA,
     RUNS_SCHEMA,
@@ -179,6 +180,8 @@ def _create_tables(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     _create_table(con, "runs", RUNS_SCHEMA, [_run_row(r) for r in store.manifest.runs])
     label_sets = [_label_set_row(e) for e in store.manifest.label_sets]
     _create_table(con, "label_sets", LABEL_SETS_SCHEMA, label_sets)
+    evaluations = [_evaluation_row(e) for e in store.manifest.evaluations]
+    _create_table(con, "evaluations", EVALUATIONS_SCHEMA, evaluations)
 
 
 def _create_table(
@@ -208,12 +211,18 @@ _DUCKDB_TYPES = {  # the Arrow types of RUNS_SCHEMA and LABEL_SETS_SCHEMA
 
 # Raised whenever the catalog's tables or views change: a catalog of another version
 # counts as stale and the next encode or classify rebuilds it (verify reports it).
-CATALOG_VERSION = 2
+CATALOG_VERSION = 3  # 3: the evaluations table
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
     row = {name: getattr(run, name) for name in RUNS_SCHEMA.names}
     row["finished_at"] = datetime.fromisoformat(run.finished_at)
+    return row
+
+
+def _evaluation_row(record: EvaluationRecord) -> dict[str, Any]:
+    row = {name: getattr(record, name) for name in EVALUATIONS_SCHEMA.names}
+    row["evaluated_at"] = datetime.fromisoformat(record.evaluated_at)
     return row
 
 

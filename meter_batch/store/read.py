@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meter_batch.store.commit import Store
 from meter_batch.store.integrity import reading
+from meter_batch.store.vectors import iter_vectors
 
 
 def read_columns(path: Path, columns: list[str]) -> pa.Table:
@@ -89,3 +91,34 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
         column.offset * column.type.list_size, len(column) * column.type.list_size
     )
     return values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def live_ids_of_paths(store: Store, paths: list[str]) -> dict[str, int]:
+    """The live image id of each stored ``path`` found (paths as the `path` column has them)."""
+    if not paths:
+        return {}
+    dead = tombstoned_ids(store)
+    wanted = pa.array(sorted(set(paths)), pa.string())
+    found: dict[str, int] = {}
+    for part in store.live_paths("embeddings"):
+        table = read_columns(part, ["image_id", "path"])
+        table = table.filter(pc.is_in(table.column("path"), value_set=wanted))
+        for image_id, path in zip(*(c.to_pylist() for c in table.columns), strict=True):
+            if image_id not in dead:
+                found[path] = image_id
+    return found
+
+
+def vectors_of(store: Store, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, (N, D) float32) of the stored vectors of ``ids`` that are live, in store order."""
+    wanted = np.asarray(sorted(set(ids) - tombstoned_ids(store)), dtype=np.int64)
+    found_ids, found = [], []
+    for path in store.live_paths("vectors"):
+        for batch_ids, matrix in iter_vectors(path):
+            keep = np.isin(batch_ids, wanted)
+            if keep.any():
+                found_ids.append(batch_ids[keep].copy())
+                found.append(matrix[keep].astype(np.float32))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros((0, store.identity.embed_dim), np.float32)
+    return np.concatenate(found_ids), np.concatenate(found)

@@ -175,6 +175,44 @@ class LabelSetEntry:
         return cls(**{**data, **lists})
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluationRecord:
+    """One `evaluate` of a label-set version against a truth file; the catalog's
+    `evaluations` table shows it, so a set's quality can be followed over time. Figures
+    that have no value (no image kept by the abstain rule) are None."""
+
+    FIRST: ClassVar[tuple[str, ...]] = ("label_set", "version", "evaluated_at")
+    label_set: str
+    version: str
+    evaluated_at: str  # ISO 8601, UTC
+    truth_file: str
+    truth_sha256: str
+    truth_rows: int
+    images: int  # truth rows found among the store's live images, and scored
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    balanced_accuracy: float
+    balanced_accuracy_low: float
+    balanced_accuracy_high: float
+    ece: float
+    nll: float
+    brier: float
+    accuracy_at_90: float  # on the 90 % most confident
+    accuracy_at_80: float
+    accuracy_at_50: float
+    abstained: float
+    kept_accuracy: float | None
+    details: str  # JSON: per-class precision / recall / F1 / support and the confusion
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_none(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvaluationRecord:
+        return cls(**data)
+
+
 @dataclass(frozen=True)
 class FileSum:
     """A committed file's size and SHA-256 digest (hex), as its commit wrote it: readers
@@ -200,14 +238,17 @@ class Manifest:
     label_sets: tuple[LabelSetEntry, ...] = field(default=())
     # every live file's size and digest; a file committed before checksums has none
     files: dict[str, FileSum] = field(default_factory=dict)
+    evaluations: tuple[EvaluationRecord, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["runs"] = [run.to_json() for run in self.runs]
         data["label_sets"] = [entry.to_json() for entry in self.label_sets]
         data["files"] = {relpath: asdict(s) for relpath, s in sorted(self.files.items())}
-        if not self.files:
-            del data["files"]  # a manifest from before checksums is written back as it was
+        data["evaluations"] = [e.to_json() for e in self.evaluations]
+        for key in ("files", "evaluations"):
+            if not data[key]:
+                del data[key]  # a manifest from before them is written back as it was
         return {"format_version": FORMAT_VERSION, **data}
 
     @classmethod
@@ -218,6 +259,9 @@ class Manifest:
         data["runs"] = tuple(RunRecord.from_json(r) for r in data.get("runs", ()))
         data["label_sets"] = tuple(LabelSetEntry.from_json(e) for e in data.get("label_sets", ()))
         data["files"] = {k: FileSum(**v) for k, v in data.get("files", {}).items()}
+        data["evaluations"] = tuple(
+            EvaluationRecord.from_json(e) for e in data.get("evaluations", ())
+        )
         return cls(**data)
 
     def live_files(self) -> set[str]:
