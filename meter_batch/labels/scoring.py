@@ -72,7 +72,9 @@ class Scorer:
                 f"{settings.scale!r}, which {problem}; set another in the label set (a new version)"
             )
         self.settings = settings
-        self.labels_t = torch.from_numpy(np.ascontiguousarray(labels.T, dtype=np.float32))
+        # a copy, always: with one label, labels.T is already contiguous and would stay a
+        # read-only view of Arrow memory, which torch warns about
+        self.labels_t = torch.from_numpy(np.array(labels.T, dtype=np.float32, order="C"))
         dim, count = self.labels_t.shape
         self.buffer = torch.empty(max_rows, dim)
         self.logits = torch.empty(max_rows, count)

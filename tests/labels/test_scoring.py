@@ -116,3 +116,14 @@ def test_nan_text_weights_are_a_model_error_not_a_nan_label_matrix(tiny):
     assert str(caught.value) == message
     with pytest.raises(ModelError, match="non-finite text embeddings"):
         label_matrix(tiny, LABEL_SET)
+
+
+def test_a_one_label_matrix_read_only_from_arrow_is_copied_not_wrapped():
+    """With one label, labels.T is contiguous already: wrapping Arrow's read-only memory
+    made torch warn ("The given NumPy array is not writable") on the terminal."""
+    matrix = np.ones((1, 4), dtype=np.float32)
+    matrix.flags.writeable = False  # as read_label_matrix returns it
+    settings = ScoreSettings("s", "v1", ("only",), 1.0, top_k=1)
+    scorer = Scorer(matrix, settings, max_rows=2)
+    assert scorer.labels_t.numpy().flags.writeable
+    assert not np.shares_memory(scorer.labels_t.numpy(), matrix)

@@ -26,6 +26,10 @@ STALE_CATALOG = (
     "catalog.duckdb was built from an older manifest or by an older meter-batch "
     "(the next encode or classify rebuilds it)"
 )
+INDEX_LAG = (
+    "the FAISS index lags the parts (a run stopped before its last commit): "
+    "run encode again, or rebuild-index"
+)
 ENCODE_POINTS = ("parquet", "vectors", "faiss", "rename", "manifest", "catalog")
 CLASSIFY_POINTS = ("parquet", "predictions", "rename", "manifest", "catalog")
 
@@ -86,15 +90,16 @@ def test_a_disk_full_at_each_write_is_exit_5_and_keeps_the_last_commit(
 def test_a_really_full_filesystem_during_encode_and_classify(
     tmp_path, image_dir, checkpoint_model, capsys
 ):
-    """On a 4 MiB tmpfs left with 8 KiB to 1.5 MiB free, each encode (a commit every 4
+    """On an 8 MiB tmpfs left with 8 KiB to 3 MiB free, each encode (a commit every 4
     images) and classify exits 0 or 5 with the promised line, never anything else, and
-    the store verifies at its last commit once there is room again."""
+    the store is at its last commit (verify finds nothing but what a run stopped
+    between its commits leaves) once there is room again."""
     images, _ = image_dir
     outcomes: Counter[int] = Counter()
-    with small_filesystem(tmp_path / "small", "4m") as small:
+    with small_filesystem(tmp_path / "small", "8m") as small:
         store = small / "store"
         assert main(_encode(images, store, checkpoint_model)) == 0
-        for round_, free in enumerate((8_192, 65_536, 262_144, 786_432, 1_572_864)):
+        for round_, free in enumerate((8_192, 65_536, 262_144, 1_048_576, 3_145_728)):
             make_images(images / f"round{round_}", 6, seed=20 + round_)
             labels = labels_toml(tmp_path, name=f"set{round_}", digital=f"meter {round_}")
             for argv in (_encode(images, store, checkpoint_model, "--commit-every", "4"),
@@ -107,8 +112,11 @@ def test_a_really_full_filesystem_during_encode_and_classify(
                 if code == 5:
                     assert "disk full; the last commit is intact" in one_error_line(capsys)
                 filler.unlink()
+                # the last commit may be one of the run's intermediate ones: its index
+                # lags and its catalog may be a commit behind, as after a crash; the next
+                # run (the last line of this test) catches both up
                 problems = verify(store).problems
-                assert problems in ([], [STALE_CATALOG]), problems
+                assert set(problems) <= {INDEX_LAG, STALE_CATALOG}, problems
         assert main(_encode(images, store, checkpoint_model)) == 0
         assert_consistent(store)
     assert outcomes[5] >= 2 and outcomes[0] >= 2, outcomes  # both outcomes were exercised
