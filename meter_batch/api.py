@@ -53,10 +53,10 @@ def encode(
 
 
 def classify(
-    store: str | Path, labels: str | Path, progress: bool | None = None
+    store: str | Path, labels: str | Path, progress: bool | None = None, make_current: bool = False
 ) -> ClassifySummary:
     """Score the store against a label-set file; see `meter-batch classify --help`."""
-    return _classify(Path(store), Path(labels), interactive=progress)
+    return _classify(Path(store), Path(labels), interactive=progress, make_current=make_current)
 
 
 def search(

@@ -250,6 +250,11 @@ def _model_override(args: argparse.Namespace) -> ModelSpec | None:
 def _classify_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--labels", type=Path, required=True, help="label-set TOML file")
+    parser.add_argument(
+        "--make-current",
+        action="store_true",
+        help="make this version the one latest_predictions shows (as the nightly job does)",
+    )
     return _model_override_arguments(parser)
 
 
@@ -257,9 +262,54 @@ def _run_classify(args: argparse.Namespace) -> int:
     from meter_batch.labels.classify_run import classify
 
     quiet = False if args.quiet else None  # -q: no progress bar
-    summary = classify(args.store, args.labels, _model_override(args), interactive=quiet)
+    model = _model_override(args)
+    summary = classify(args.store, args.labels, model, quiet, make_current=args.make_current)
     print(json.dumps(summary.to_json(), ensure_ascii=False))
     return 0
+
+
+def _labelsets_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    _store_argument(parser)
+    change = parser.add_mutually_exclusive_group()
+    change.add_argument("--pin", metavar="VERSION", help="make VERSION its name's current one")
+    change.add_argument("--unpin", metavar="NAME", help="back to the version the job applied")
+    change.add_argument("--drop", metavar="NAME_OR_VERSION", help="drop a version or a name")
+    return {}
+
+
+def _run_labelsets(args: argparse.Namespace) -> int:
+    from meter_batch.labels import versions
+    from meter_batch.store.commit import open_store
+
+    if args.pin or args.unpin:
+        change = versions.pin if args.pin else versions.unpin
+        current = change(args.store, args.pin or args.unpin)
+        print(json.dumps({"name": current.name, "current": current.version, "how": current.how}))
+        return 0
+    if args.drop:
+        print(json.dumps({"dropped": versions.drop(args.store, args.drop)}))
+        return 0
+    print(_versions_table(versions.version_rows(open_store(args.store).manifest)))
+    return 0
+
+
+def _versions_table(rows: list[Any]) -> str:
+    import pyarrow as pa
+
+    table = pa.table(
+        {
+            "name": [r.entry.name for r in rows],
+            "version": [r.entry.version for r in rows],
+            "current": [r.current.how if r.current else "" for r in rows],
+            "created_at": [r.entry.created_at[:19] for r in rows],
+            "classified_at": [(r.entry.classified_at or "")[:19] for r in rows],
+            "labels": [len(r.entry.labels) for r in rows],
+            "logit_scale": [r.entry.logit_scale for r in rows],
+            "evaluations": [r.evaluations for r in rows],
+            "last_accuracy": [r.last_accuracy for r in rows],
+        }
+    )
+    return _format_table(table)
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -591,6 +641,15 @@ _COMMANDS = (
         "stored image not yet scored under this label-set version, and commit the "
         "predictions. The same file again is a no-op; an edited file is a new version.",
         arguments=_classify_arguments,
+    ),
+    _Command(
+        "labelsets",
+        _run_labelsets,
+        help="list label-set versions; pin, unpin or drop one",
+        description="Each label-set name has one current version, the one "
+        "latest_predictions shows: the version the nightly job applies, unless pinned. "
+        "Without an option: every version, which is current and why, its evaluations.",
+        arguments=_labelsets_arguments,
     ),
     _Command(
         "evaluate",

@@ -189,7 +189,7 @@ def _run_steps(job: Job, path: Path) -> int:
         log.info("encode %s: %s", config.images_dir, json.dumps(summary.to_json()))
         print(json.dumps({"step": "encode", **summary.to_json()}), flush=True)
     for labels in job.classify.label_sets:
-        result = classify(job.store, labels, job.model, interactive=False)
+        result = classify(job.store, labels, job.model, interactive=False, make_current=True)
         log.info("classify %s: %s", labels, json.dumps(result.to_json(), ensure_ascii=False))
         print(json.dumps({"step": "classify", **result.to_json()}, ensure_ascii=False), flush=True)
     log.info("job %s: done", path)

@@ -25,6 +25,7 @@ from meter_batch.labels.scoring import (
     resolve_scale,
     score_files,
 )
+from meter_batch.labels.versions import after_classify
 from meter_batch.model.loading import load_verified
 from meter_batch.progress import Progress
 from meter_batch.store.catalog import refresh_catalog
@@ -75,8 +76,11 @@ def classify(
     labels_file: Path,
     model: ModelSpec | None = None,
     interactive: bool | None = None,
+    make_current: bool = False,
 ) -> ClassifySummary:
-    """Score every stored image not yet scored under this label-set version; commit."""
+    """Score every stored image not yet scored under this label-set version; commit.
+    ``make_current`` (the nightly job): this version becomes the one `latest_predictions`
+    shows, unless a person pinned another; otherwise only a name's first version does."""
     started = time.monotonic()
     label_set = load_label_set(labels_file)
     open_store(store_root)  # fails clearly (and creates nothing) when it is not a store
@@ -95,7 +99,7 @@ def classify(
                 writer.add(batch)
                 abstained += int(pc.sum(batch.column("abstained")).as_py() or 0)
                 progress.update(batch.num_rows)
-        _commit_label_set(store, version, writer.finish())
+        _commit_label_set(store, version, writer.finish(), make_current)
         refresh_catalog(store)
     seconds = time.monotonic() - started
     return ClassifySummary(
@@ -154,7 +158,9 @@ def _settings(entry: LabelSetEntry) -> ScoreSettings:
     )
 
 
-def _commit_label_set(store: Store, version: _Version, parts: list[str]) -> None:
+def _commit_label_set(
+    store: Store, version: _Version, parts: list[str], make_current: bool
+) -> None:
     entry = version.entry
     staged = [*parts, entry.matrix] if version.new else parts
     updated = replace(
@@ -164,5 +170,7 @@ def _commit_label_set(store: Store, version: _Version, parts: list[str]) -> None
         classified_at=datetime.now(UTC).isoformat(timespec="microseconds"),
     )
     others = [e for e in store.manifest.label_sets if e.version != entry.version]
-    manifest = next_manifest(store, label_sets=(*others, updated))
+    manifest = after_classify(
+        next_manifest(store, label_sets=(*others, updated)), updated, make_current
+    )
     commit(store, manifest, staged, None)

@@ -28,8 +28,9 @@ from meter_batch.errors import ConfigError, StoreError
 from meter_batch.store.commit import Store, fsync_dir, open_store, write_error
 from meter_batch.store.integrity import damaged
 from meter_batch.store.layout import CATALOG, LiveKind, catalog_empty_file, temp_name
-from meter_batch.store.records import EvaluationRecord, LabelSetEntry, RunRecord
+from meter_batch.store.records import EvaluationRecord, LabelSetEntry, Manifest, RunRecord
 from meter_batch.store.schema import (
+    CURRENT_SCHEMA,
     EVALUATIONS_SCHEMA,
     FAILURES_SCHEMA,
     LABEL_SETS_SCHEMA,
@@ -182,6 +183,8 @@ def _create_tables(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     _create_table(con, "label_sets", LABEL_SETS_SCHEMA, label_sets)
     evaluations = [_evaluation_row(e) for e in store.manifest.evaluations]
     _create_table(con, "evaluations", EVALUATIONS_SCHEMA, evaluations)
+    current = [_current_row(store.manifest, name) for name in store.manifest.names()]
+    _create_table(con, "current_label_sets", CURRENT_SCHEMA, current)
 
 
 def _create_table(
@@ -211,12 +214,20 @@ _DUCKDB_TYPES = {  # the Arrow types of RUNS_SCHEMA and LABEL_SETS_SCHEMA
 
 # Raised whenever the catalog's tables or views change: a catalog of another version
 # counts as stale and the next encode or classify rebuilds it (verify reports it).
-CATALOG_VERSION = 3  # 3: the evaluations table
+CATALOG_VERSION = 4  # 3: the evaluations table; 4: current_label_sets
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
     row = {name: getattr(run, name) for name in RUNS_SCHEMA.names}
     row["finished_at"] = datetime.fromisoformat(run.finished_at)
+    return row
+
+
+def _current_row(manifest: Manifest, name: str) -> dict[str, Any]:
+    current = manifest.current_of(name)
+    assert current is not None  # every name listed has a version
+    row = {field: getattr(current, field) for field in CURRENT_SCHEMA.names}
+    row["since"] = datetime.fromisoformat(current.since)
     return row
 
 

@@ -175,6 +175,26 @@ class LabelSetEntry:
         return cls(**{**data, **lists})
 
 
+class CurrentHow(StrEnum):
+    """Why a version is its name's current one (what `latest_predictions` shows)."""
+
+    APPLIED = "applied"  # the nightly job (or `classify --make-current`) applied it
+    PINNED = "pinned"  # a person pinned it: the job applies its own but shows this one
+    FIRST = "first"  # the first version of the name ever classified
+    LATEST = "latest"  # a store from before current versions: the newest classified
+
+
+@dataclass(frozen=True)
+class CurrentVersion:
+    """The version of a label-set name that `latest_predictions` shows."""
+
+    name: str
+    version: str
+    how: str  # a CurrentHow
+    since: str  # ISO 8601, UTC
+    applied: str | None = None  # the version the job applied last (kept while pinned)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluationRecord:
     """One `evaluate` of a label-set version against a truth file; the catalog's
@@ -239,6 +259,7 @@ class Manifest:
     # every live file's size and digest; a file committed before checksums has none
     files: dict[str, FileSum] = field(default_factory=dict)
     evaluations: tuple[EvaluationRecord, ...] = ()
+    current: tuple[CurrentVersion, ...] = ()  # per label-set name; see CurrentHow
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -246,7 +267,8 @@ class Manifest:
         data["label_sets"] = [entry.to_json() for entry in self.label_sets]
         data["files"] = {relpath: asdict(s) for relpath, s in sorted(self.files.items())}
         data["evaluations"] = [e.to_json() for e in self.evaluations]
-        for key in ("files", "evaluations"):
+        data["current"] = [_without_none(c) for c in self.current]
+        for key in ("files", "evaluations", "current"):
             if not data[key]:
                 del data[key]  # a manifest from before them is written back as it was
         return {"format_version": FORMAT_VERSION, **data}
@@ -262,6 +284,7 @@ class Manifest:
         data["evaluations"] = tuple(
             EvaluationRecord.from_json(e) for e in data.get("evaluations", ())
         )
+        data["current"] = tuple(CurrentVersion(**c) for c in data.get("current", ()))
         return cls(**data)
 
     def live_files(self) -> set[str]:
@@ -275,3 +298,19 @@ class Manifest:
 
     def label_set(self, version: str) -> LabelSetEntry | None:
         return next((e for e in self.label_sets if e.version == version), None)
+
+    def current_of(self, name: str) -> CurrentVersion | None:
+        """The name's current version: as recorded, or for a store from before current
+        versions, the version of that name classified last."""
+        recorded = next((c for c in self.current if c.name == name), None)
+        if recorded is not None:
+            return recorded
+        entries = [e for e in self.label_sets if e.name == name]
+        if not entries:
+            return None
+        latest = max(entries, key=lambda e: e.classified_at or e.created_at)
+        since = latest.classified_at or latest.created_at
+        return CurrentVersion(name, latest.version, CurrentHow.LATEST, since, latest.version)
+
+    def names(self) -> list[str]:
+        return sorted({e.name for e in self.label_sets})

@@ -14,7 +14,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from meter_batch.store.records import EvaluationRecord, LabelSetEntry, RunRecord, ordered_fields
+from meter_batch.store.records import (
+    CurrentVersion,
+    EvaluationRecord,
+    LabelSetEntry,
+    RunRecord,
+    ordered_fields,
+)
 
 CONTENT_HASH_BYTES = 16
 
@@ -134,6 +140,7 @@ def _without_none(hint: Any) -> Any:
 
 
 RUNS_SCHEMA = record_schema(RunRecord, {"finished_at": pa.timestamp("s", tz="UTC")})
+CURRENT_SCHEMA = record_schema(CurrentVersion, {"since": pa.timestamp("us", tz="UTC")})
 EVALUATIONS_SCHEMA = record_schema(EvaluationRecord, {"evaluated_at": pa.timestamp("us", tz="UTC")})
 LABEL_SETS_SCHEMA = record_schema(
     LabelSetEntry,
