@@ -338,6 +338,39 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--labels", type=Path, required=True, help="label-set TOML file")
+    parser.add_argument(
+        "--truth", type=Path, required=True, help="CSV: path (as stored) or image_id, label"
+    )
+    parser.add_argument(
+        "-o", "--out", type=Path, required=True, help="the fitted label-set file to write"
+    )
+    parser.add_argument(
+        "--target-precision", type=float, metavar="P",
+        help="also fit per-label min_prob: the lowest that keeps each label's precision >= P",
+    )  # fmt: skip
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
+    return _model_override_arguments(parser)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from meter_batch.labels.calibrate_run import calibrate
+    from meter_batch.labels.evaluation_report import calibration_text
+
+    report = calibrate(
+        args.store, args.labels, args.truth, args.out,
+        args.target_precision, args.folds, _model_override(args),
+    )  # fmt: skip
+    print(calibration_text(report))
+    _write_json(args.json, asdict(report))
+    return 0
+
+
 def _search_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("text", nargs="?", help="query text (or use --image)")
@@ -660,6 +693,16 @@ _COMMANDS = (
         "figures, the confusion matrix, calibration (ECE, NLL, Brier), risk-coverage and "
         "abstention. The figures are recorded in the catalog's `evaluations` table.",
         arguments=_evaluate_arguments,
+    ),
+    _Command(
+        "calibrate",
+        _run_calibrate,
+        help="fit a label set's logit scale (and per-label thresholds) to truth",
+        description="Fit the temperature (logit_scale) by NLL on the truth file's stored "
+        "images, and with --target-precision per-label min_prob thresholds; print before / "
+        "after figures measured on held-out folds; write the fitted set to -o (a new "
+        "version: classify it to use it). No image is opened, nothing is committed.",
+        arguments=_calibrate_arguments,
     ),
     _Command(
         "search",

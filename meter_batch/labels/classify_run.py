@@ -143,7 +143,12 @@ def _new_label_set_entry(
         min_prob=label_set.abstain.min_prob,
         min_margin=label_set.abstain.min_margin,
         matrix=relpath,
+        label_min_probs=label_set.label_min_probs if _has_own(label_set) else None,
     )
+
+
+def _has_own(label_set: LabelSet) -> bool:
+    return any(label.min_prob is not None for label in label_set.labels)
 
 
 def _settings(entry: LabelSetEntry) -> ScoreSettings:
@@ -155,6 +160,7 @@ def _settings(entry: LabelSetEntry) -> ScoreSettings:
         top_k=int(entry.top_k),
         min_prob=float(entry.min_prob),
         min_margin=float(entry.min_margin),
+        label_min_probs=tuple(entry.label_min_probs or ()),
     )
 
 

@@ -54,11 +54,16 @@ class EvaluateReport:
 
 
 @dataclass(frozen=True)
-class _Scored:
+class TruthVectors:
     """The truth rows found in the store: their vectors and true labels, in one order."""
 
     vectors: np.ndarray  # (N, D) float32
     labels: tuple[str, ...]
+
+    def indexes(self, label_set: LabelSet) -> np.ndarray:
+        """The true labels as indexes into the set's labels."""
+        index = {label: i for i, label in enumerate(label_set.label_ids)}
+        return np.asarray([index[label] for label in self.labels], dtype=np.int64)
 
 
 def evaluate(
@@ -68,16 +73,16 @@ def evaluate(
     label_sets = [load_label_set(path) for path in label_files]
     truth = read_truth(truth_file)
     for path, label_set in zip(label_files, label_sets, strict=True):
-        _check_truth_labels(path, label_set, truth)
+        check_truth_labels(path, label_set, truth)
     store = open_store(store_root)
-    scored, missing = _found_in_store(store, truth)
+    scored, missing = truth_in_store(store, truth)
     sets = tuple(_evaluate_set(store, label_set, scored, model) for label_set in label_sets)
     report = EvaluateReport(str(truth_file), len(truth.keys), missing, sets)
     _record(store_root, truth, report)
     return report
 
 
-def _check_truth_labels(path: Path, label_set: LabelSet, truth: Truth) -> None:
+def check_truth_labels(path: Path, label_set: LabelSet, truth: Truth) -> None:
     unknown = sorted(set(truth.labels) - set(label_set.label_ids))
     if unknown:
         raise ConfigError(
@@ -86,7 +91,7 @@ def _check_truth_labels(path: Path, label_set: LabelSet, truth: Truth) -> None:
         )
 
 
-def _found_in_store(store: Store, truth: Truth) -> tuple[_Scored, tuple[str | int, ...]]:
+def truth_in_store(store: Store, truth: Truth) -> tuple[TruthVectors, tuple[str | int, ...]]:
     if truth.key == "path":
         found = live_ids_of_paths(store, [str(k) for k in truth.keys])
         ids = {key: found.get(str(key)) for key in truth.keys}
@@ -103,26 +108,33 @@ def _found_in_store(store: Store, truth: Truth) -> tuple[_Scored, tuple[str | in
         )
     label_of = {ids[key]: label for key, label in zip(truth.keys, truth.labels, strict=True)}
     labels = tuple(label_of[int(i)] for i in stored_ids)
-    return _Scored(vectors, labels), missing
+    return TruthVectors(vectors, labels), missing
 
 
 def _evaluate_set(
-    store: Store, label_set: LabelSet, scored: _Scored, model: ModelSpec | None
+    store: Store, label_set: LabelSet, scored: TruthVectors, model: ModelSpec | None
 ) -> SetEvaluation:
     version = label_set.version(store.identity)
-    entry = store.manifest.label_set(version)
-    if entry is not None:
-        matrix = read_label_matrix(store.checked(entry.matrix))
-        scale = float(entry.logit_scale)
-    else:
-        loaded = load_verified(store.model_source, store.identity, store.root, model)
-        matrix, scale = label_matrix(loaded, label_set), resolve_scale(loaded, label_set)
+    matrix, scale, stored = version_matrix(store, label_set, model)
     probs = probabilities(scored.vectors, matrix, scale)
-    index = {label: i for i, label in enumerate(label_set.label_ids)}
-    truth = np.asarray([index[label] for label in scored.labels], dtype=np.int64)
+    truth = scored.indexes(label_set)
     rule = label_set.abstain
-    figures = evaluate_probs(probs, truth, label_set.label_ids, rule.min_prob, rule.min_margin)
-    return SetEvaluation(label_set.name, version, entry is not None, scale, figures)
+    figures = evaluate_probs(
+        probs, truth, label_set.label_ids, rule.min_prob, rule.min_margin, label_set.label_min_probs
+    )
+    return SetEvaluation(label_set.name, version, stored, scale, figures)
+
+
+def version_matrix(
+    store: Store, label_set: LabelSet, model: ModelSpec | None
+) -> tuple[np.ndarray, float, bool]:
+    """The (K, D) label matrix and scale of the set's version: stored (True) or, for a
+    version never classified, its prompts encoded now with the store's model (False)."""
+    entry = store.manifest.label_set(label_set.version(store.identity))
+    if entry is not None:
+        return read_label_matrix(store.checked(entry.matrix)), float(entry.logit_scale), True
+    loaded = load_verified(store.model_source, store.identity, store.root, model)
+    return label_matrix(loaded, label_set), resolve_scale(loaded, label_set), False
 
 
 def probabilities(vectors: np.ndarray, matrix: np.ndarray, scale: float) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from meter_batch.labels.calibrate_run import CalibrationReport
 from meter_batch.labels.evaluate_run import EvaluateReport, SetEvaluation
 from meter_batch.labels.metrics import Evaluation, Interval
 
@@ -91,3 +92,25 @@ def _number(value: float) -> str:
 
 def _interval(interval: Interval) -> str:
     return f"{_number(interval.value)} [{_number(interval.low)}, {_number(interval.high)}]"
+
+
+_CALIBRATION_ROWS = ["accuracy [95 %]", "ECE (15 bins)", "NLL", "Brier"]
+_CALIBRATION_ROWS += ["abstained (the set's rule)", "accuracy on what is kept"]
+
+
+def calibration_text(report: CalibrationReport) -> str:
+    """Before / after on held-out folds, then the fit the written file holds."""
+    shows = dict(_ROWS)
+    rows = [["", "before", f"after ({report.folds}-fold, held out)"]]
+    rows += [
+        [name, shows[name](report.before), shows[name](report.after)] for name in _CALIBRATION_ROWS
+    ]
+    lines = [f"{report.label_set}: {report.images} truth images of the store", "", _grid(rows), ""]
+    lines.append(f"fitted on every image: logit_scale {report.fitted.scale:.4g}")
+    labels = [c.label for c in report.before.classes]
+    if report.fitted.thresholds:
+        pairs = zip(labels, report.fitted.thresholds, strict=True)
+        shown = ", ".join(f"{label} {t:.3f}" for label, t in pairs)
+        lines.append(f"per-label min_prob: {shown}")
+    lines.append(f"written: {report.written} (classify it to use it)")
+    return "\n".join(lines)

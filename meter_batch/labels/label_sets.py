@@ -44,7 +44,7 @@ DEFAULT_SCALE = 100.0
 # already e^10 in odds. Larger is no sharper, only closer to overflowing float32.
 MAX_LOGIT_SCALE = 1000.0
 _TOP_KEYS = ("name", "templates", "logit_scale", "top_k", "abstain", "labels")
-_LABEL_KEYS = ("id", "prompts")
+_LABEL_KEYS = ("id", "prompts", "min_prob")
 _ABSTAIN_KEYS = ("min_prob", "min_margin")
 
 
@@ -52,6 +52,9 @@ _ABSTAIN_KEYS = ("min_prob", "min_margin")
 class Label:
     id: str
     prompts: tuple[str, ...]
+    # this label's own abstain threshold (`calibrate --target-precision` fits it): a top-1
+    # answer of this label below it is `unknown`; None: the set's [abstain] min_prob only
+    min_prob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,17 @@ class LabelSet:
     def label_ids(self) -> list[str]:
         return [label.id for label in self.labels]
 
+    @property
+    def label_min_probs(self) -> tuple[float, ...]:
+        """Each label's own threshold, 0 where it has none (the set's rule still holds)."""
+        return tuple(label.min_prob or 0.0 for label in self.labels)
+
     def canonical(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for label in data["labels"]:  # a set without per-label thresholds keeps its version
+            if label["min_prob"] is None:
+                del label["min_prob"]
+        return data
 
     def version(self, model: ModelIdentity) -> str:
         """A hash of the normalized content and the model: same file -> same version."""
@@ -144,8 +156,18 @@ def _parse_labels(raw: Any) -> tuple[Label, ...]:
         if label_id == UNKNOWN:
             raise ConfigError(f"label id {UNKNOWN!r} is reserved for abstained answers")
         seen[label_id] = (number, written)
-        labels.append(Label(label_id, _parse_prompts(item.get("prompts"), label_id)))
+        prompts = _parse_prompts(item.get("prompts"), label_id)
+        labels.append(Label(label_id, prompts, _parse_label_min_prob(item, label_id)))
     return tuple(labels)
+
+
+def _parse_label_min_prob(item: Mapping[str, Any], label_id: str) -> float | None:
+    value = item.get("min_prob")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"label {label_id!r}: min_prob must be a number in [0, 1]; got {value!r}")
+    return float(value)
 
 
 def _duplicate(first: tuple[int, str], second: tuple[int, str]) -> str:
@@ -214,3 +236,28 @@ def _parse_abstain(raw: Any) -> Abstain:
             raise ConfigError(f"abstain.{key} must be a number in [0, 1]; got {value!r}")
         values[key] = float(value)
     return Abstain(**values)
+
+
+def label_set_toml(label_set: LabelSet) -> str:
+    """The label set as a file `load_label_set` reads back to an equal LabelSet (JSON's
+    string and array syntax is TOML's for these values)."""
+
+    def value(v: object) -> str:
+        return repr(float(v)) if isinstance(v, float) else json.dumps(v, ensure_ascii=False)
+
+    lines = [
+        f"name = {value(label_set.name)}",
+        f"templates = {value(list(label_set.templates))}",
+        f"logit_scale = {value(label_set.logit_scale)}",
+        f"top_k = {label_set.top_k}",
+        "",
+        "[abstain]",
+        f"min_prob = {value(label_set.abstain.min_prob)}",
+        f"min_margin = {value(label_set.abstain.min_margin)}",
+    ]
+    for label in label_set.labels:
+        lines += ["", "[[labels]]", f"id = {value(label.id)}"]
+        lines.append(f"prompts = {value(list(label.prompts))}")
+        if label.min_prob is not None:
+            lines.append(f"min_prob = {value(label.min_prob)}")
+    return "\n".join(lines) + "\n"

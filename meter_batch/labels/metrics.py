@@ -52,9 +52,15 @@ class Evaluation:
 
 
 def evaluate_probs(
-    probs: np.ndarray, truth: np.ndarray, labels: list[str], min_prob: float, min_margin: float
+    probs: np.ndarray,
+    truth: np.ndarray,
+    labels: list[str],
+    min_prob: float,
+    min_margin: float,
+    label_min_probs: tuple[float, ...] = (),
 ) -> Evaluation:
-    """The figures of (N, K) probabilities against the (N,) true label indexes."""
+    """The figures of (N, K) probabilities against the (N,) true label indexes; the
+    abstain rule is the set's (``label_min_probs``: each label's own threshold)."""
     predicted = probs.argmax(axis=1)
     correct = predicted == truth
     confusion = _confusion(truth, predicted, len(labels))
@@ -69,7 +75,7 @@ def evaluate_probs(
         nll=float(-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, None)).mean()),
         brier=float(((probs - np.eye(len(labels))[truth]) ** 2).sum(axis=1).mean()),
         accuracy_at_coverage=_risk_coverage(probs.max(axis=1), correct),
-        **_abstention(probs, correct, min_prob, min_margin),
+        **_abstention(probs, correct, min_prob, min_margin, label_min_probs),
     )
 
 
@@ -146,13 +152,19 @@ def _risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> tuple[tuple[f
 
 
 def _abstention(
-    probs: np.ndarray, correct: np.ndarray, min_prob: float, min_margin: float
+    probs: np.ndarray,
+    correct: np.ndarray,
+    min_prob: float,
+    min_margin: float,
+    label_min_probs: tuple[float, ...],
 ) -> dict[str, float]:
-    """The set's own abstain rule (classify's): top-1 below min_prob, or ahead of the
-    runner-up by less than min_margin."""
+    """The set's own abstain rule (classify's): top-1 below min_prob or below its label's
+    own threshold, or ahead of the runner-up by less than min_margin."""
     top = np.sort(probs, axis=1)[:, ::-1]
     second = top[:, 1] if probs.shape[1] > 1 else np.zeros(len(probs))
     abstain = (top[:, 0] < min_prob) | (top[:, 0] - second < min_margin)
+    if label_min_probs:
+        abstain |= top[:, 0] < np.asarray(label_min_probs)[probs.argmax(axis=1)]
     kept = correct[~abstain]
     return {
         "abstained": float(abstain.mean()) if len(abstain) else math.nan,

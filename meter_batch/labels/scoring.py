@@ -36,6 +36,7 @@ class ScoreSettings:
     top_k: int
     min_prob: float = 0.0
     min_margin: float = 0.0
+    label_min_probs: tuple[float, ...] = ()  # per label (calibrated); () : none
 
 
 def label_matrix(loaded: LoadedModel, label_set: LabelSet) -> np.ndarray:
@@ -80,6 +81,9 @@ class Scorer:
         self.logits = torch.empty(max_rows, count)
         self.row_max = torch.empty(max_rows, 1)
         self.dictionary = pa.array([*settings.label_ids, UNKNOWN], pa.string())
+        # per-label thresholds, with a 0 for `unknown`'s index; all 0 without any
+        thresholds = settings.label_min_probs or (0.0,) * len(settings.label_ids)
+        self.label_min_probs = np.asarray([*thresholds, 0.0], dtype=np.float32)
         self.schema = predictions_schema(settings.top_k)
 
     def score(self, ids: np.ndarray, vectors: np.ndarray) -> pa.RecordBatch:
@@ -107,6 +111,7 @@ class Scorer:
         second = top_probs[:, 1] if top_probs.shape[1] > 1 else np.zeros_like(best)
         margin = best - second
         abstained = (best < self.settings.min_prob) | (margin < self.settings.min_margin)
+        abstained |= best < self.label_min_probs[top_index[:, 0]]
         abstained |= ~np.isfinite(best)  # NaN compares false with both thresholds: no answer
         label_index = np.where(abstained, len(self.settings.label_ids), top_index[:, 0])
         constant = pa.array(np.zeros(len(ids), dtype=np.int32))

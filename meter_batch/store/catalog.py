@@ -209,6 +209,7 @@ _DUCKDB_TYPES = {  # the Arrow types of RUNS_SCHEMA and LABEL_SETS_SCHEMA
     "timestamp[s, tz=UTC]": "TIMESTAMPTZ",
     "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
     "list<item: string>": "VARCHAR[]",
+    "list<item: double>": "DOUBLE[]",
 }
 
 

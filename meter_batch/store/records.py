@@ -163,6 +163,7 @@ class LabelSetEntry:
     parts: tuple[str, ...] = ()
     scored_below_id: int = 0  # every image below this id is scored
     classified_at: str | None = None
+    label_min_probs: tuple[float, ...] | None = None  # per label; None: no label has one
 
     def to_json(self) -> dict[str, Any]:
         return _without_none(self)
@@ -170,7 +171,9 @@ class LabelSetEntry:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabelSetEntry:
         lists: dict[str, tuple[str, ...]] = {
-            k: tuple(data[k]) for k in ("labels", "templates", "parts") if k in data
+            k: tuple(data[k])
+            for k in ("labels", "templates", "parts", "label_min_probs")
+            if data.get(k) is not None
         }
         return cls(**{**data, **lists})
 

@@ -114,6 +114,7 @@ _ARROW_TYPES: dict[Any, pa.DataType] = {
     float: pa.float64(),
     bool: pa.bool_(),
     tuple[str, ...]: pa.list_(pa.string()),
+    tuple[float, ...]: pa.list_(pa.float64()),
 }
 
 

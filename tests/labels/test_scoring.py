@@ -22,8 +22,8 @@ LABELS = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)  # label i: axis i
 VECTORS = np.array([[0.6, 0.8], [0.8, 0.6], [0.7071, 0.7071]], dtype=np.float16)
 
 
-def _settings(scale: float, **thresholds: float) -> ScoreSettings:
-    return ScoreSettings("s", "v1", ("a", "b"), scale, top_k=2, **thresholds)
+def _settings(scale: float, min_prob: float = 0.0, min_margin: float = 0.0) -> ScoreSettings:
+    return ScoreSettings("s", "v1", ("a", "b"), scale, 2, min_prob, min_margin)
 
 
 def _hand_softmax(vector: np.ndarray, scale: float) -> list[float]:
@@ -127,3 +127,11 @@ def test_a_one_label_matrix_read_only_from_arrow_is_copied_not_wrapped():
     scorer = Scorer(matrix, settings, max_rows=2)
     assert scorer.labels_t.numpy().flags.writeable
     assert not np.shares_memory(scorer.labels_t.numpy(), matrix)
+
+
+def test_a_label_below_its_own_threshold_abstains_and_the_other_does_not():
+    settings = ScoreSettings("s", "v1", ("a", "b"), 10.0, 2, label_min_probs=(0.0, 0.9))
+    rows = Scorer(LABELS, settings, max_rows=8).score(np.arange(3), VECTORS).to_pylist()
+    # row 0 is "b" at softmax(10 * [0.6, 0.8]) = 0.881 < 0.9; row 1 is "a" at 0.881 >= 0
+    assert [(r["label"], r["abstained"]) for r in rows[:2]] == [("unknown", True), ("a", False)]
+    assert rows[0]["prob"] == pytest.approx(1 / (1 + math.exp(-2.0)), abs=1e-3)
