@@ -1,8 +1,9 @@
 """Stored embeddings × label matrix -> top-k predictions, streamed chunk by chunk.
 
 Reads only the vectors files (never an image, never the model). Per chunk: float16 ->
-float32 into a reused buffer, one matmul against the (D, K) label matrix, softmax
-(shifted by each row's maximum before scaling, so no scale overflows it), top-k.
+float32 into a reused buffer and one matmul against the (D, K) label matrix, a few
+hundred rows at a time; top-k of the logits; the softmax of the top ones (shifted by
+each row's maximum before scaling, so no scale overflows it).
 Buffers are allocated once: fresh multi-megabyte allocations per chunk cost more than
 the arithmetic. Memory stays flat in N: nothing N-sized is ever held.
 """
@@ -62,6 +63,9 @@ def resolve_scale(loaded: LoadedModel, label_set: LabelSet) -> float:
     return learned
 
 
+SUB_ROWS = 128  # rows per float16 -> float32 copy and product: fits a core's L2 cache
+
+
 class Scorer:
     """Scores (ids, float16 matrix) chunks against one label matrix."""
 
@@ -77,9 +81,8 @@ class Scorer:
         # read-only view of Arrow memory, which torch warns about
         self.labels_t = torch.from_numpy(np.array(labels.T, dtype=np.float32, order="C"))
         dim, count = self.labels_t.shape
-        self.buffer = torch.empty(max_rows, dim)
+        self.buffer = torch.empty(min(max_rows, SUB_ROWS), dim)
         self.logits = torch.empty(max_rows, count)
-        self.row_max = torch.empty(max_rows, 1)
         self.dictionary = pa.array([*settings.label_ids, UNKNOWN], pa.string())
         # per-label thresholds, with a 0 for `unknown`'s index; all 0 without any
         thresholds = settings.label_min_probs or (0.0,) * len(settings.label_ids)
@@ -88,20 +91,39 @@ class Scorer:
 
     def score(self, ids: np.ndarray, vectors: np.ndarray) -> pa.RecordBatch:
         rows = len(ids)
-        chunk = self.buffer[:rows]
+        logits = self.logits[:rows]
+        self._cosines(vectors, logits)
+        count = min(self.settings.top_k + 1, logits.shape[1])
+        top_logits, top_index = logits.topk(count, dim=1)  # the probabilities' order
+        top_probs = self._top_probabilities(logits, top_logits)
+        return self._batch(ids, top_probs.numpy(), top_index.numpy().astype(np.int32))
+
+    def _cosines(self, vectors: np.ndarray, out: torch.Tensor) -> None:
+        """vectors @ labels in float32, SUB_ROWS rows at a time: each float16 -> float32
+        copy is still in the core's L2 cache when the product reads it (copy + product:
+        2.07M rows/s at 128 rows against 1.28M/s for a whole 4096-row batch, 1024-d, K =
+        10, one thread, the development Xeon)."""
         with warnings.catch_warnings():
             # the vectors are a read-only view of Arrow memory; torch only reads them here
             warnings.simplefilter("ignore", UserWarning)
-            chunk.copy_(torch.from_numpy(vectors))
-        logits = self.logits[:rows]
-        torch.mm(chunk, self.labels_t, out=logits)
-        # softmax(s·x) = softmax(s·(x - max x)): shifted before it is scaled, a logit of
-        # unit vectors lies in [-2s, 0], where s·x itself may overflow float32 first
-        row_max = torch.amax(logits, dim=1, keepdim=True, out=self.row_max[:rows])
-        logits.sub_(row_max).mul_(self.settings.scale)
-        probs = torch.softmax(logits, dim=1)
-        top_probs, top_index = probs.topk(min(self.settings.top_k + 1, probs.shape[1]), dim=1)
-        return self._batch(ids, top_probs.numpy(), top_index.numpy().astype(np.int32))
+            source = torch.from_numpy(vectors)
+        for start in range(0, len(vectors), SUB_ROWS):
+            stop = min(len(vectors), start + SUB_ROWS)
+            chunk = self.buffer[: stop - start]
+            chunk.copy_(source[start:stop])
+            torch.mm(chunk, self.labels_t, out=out[start:stop])
+
+    def _top_probabilities(self, logits: torch.Tensor, top_logits: torch.Tensor) -> torch.Tensor:
+        """softmax(s·x) of the top labels only: exp(s·(x_top - max)) / Σ exp(s·(x - max)).
+        Shifted before it is scaled (a logit of unit vectors lies in [-2s, 0], where s·x
+        itself may overflow float32), and the sum over the K labels taken across the
+        transposed (K, rows) logits, where it is elementwise: torch.softmax over a short
+        last dimension ran at 4.9M rows/s, this at ~90M/s."""
+        scale = self.settings.scale
+        row_max = top_logits[:, :1]
+        shifted = logits.T.contiguous().sub_(row_max.T).mul_(scale)  # (K, rows)
+        normaliser = shifted.exp_().sum(dim=0)
+        return (top_logits - row_max).mul_(scale).exp_().div_(normaliser[:, None])
 
     def _batch(
         self, ids: np.ndarray, top_probs: np.ndarray, top_index: np.ndarray

@@ -135,3 +135,27 @@ def test_a_label_below_its_own_threshold_abstains_and_the_other_does_not():
     # row 0 is "b" at softmax(10 * [0.6, 0.8]) = 0.881 < 0.9; row 1 is "a" at 0.881 >= 0
     assert [(r["label"], r["abstained"]) for r in rows[:2]] == [("unknown", True), ("a", False)]
     assert rows[0]["prob"] == pytest.approx(1 / (1 + math.exp(-2.0)), abs=1e-3)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0, 1000.0])
+def test_probabilities_stay_within_1e_4_of_float64_across_sub_chunks(scale):
+    """300 rows: the float16 -> float32 product runs 128 rows at a time (two full
+    sub-chunks and a short one); ten labels, top 3, against softmax in float64."""
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((300, 64))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    labels = rng.standard_normal((10, 64)).astype(np.float32)
+    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    ids = tuple(f"l{i}" for i in range(10))
+    scorer = Scorer(labels, ScoreSettings("s", "v1", ids, scale, 3), max_rows=4096)
+    rows = scorer.score(np.arange(300), vectors).to_pylist()
+    logits = vectors.astype(np.float64) @ labels.astype(np.float64).T * scale
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    for row, probs in zip(rows, expected, strict=True):
+        order = np.argsort(-probs, kind="stable")[:3]
+        assert row["top_labels"] == [ids[i] for i in order] or np.isclose(
+            probs[order[1]], probs[order[2]]
+        )
+        got = [probs[ids.index(label)] for label in row["top_labels"]]
+        assert np.abs(np.asarray(row["top_probs"]) - got).max() < 1e-4

@@ -101,3 +101,18 @@ def test_bench_encode_on_the_workers_path_has_no_device_decode_figures(tmp_path,
 def test_a_ratio_well_above_one_says_the_measurement_was_disturbed():
     assert bench._above_bound_note(1.0) == "" and bench._above_bound_note(1.15) == ""
     assert "machine was busy" in bench._above_bound_note(2.13)
+
+
+def test_bench_classify_times_the_users_baseline_beside_classify(tmp_path, capsys):
+    from meter_batch.cli import main
+
+    out = tmp_path / "c.json"
+    argv = ["-q", "bench", "classify", "--n", "3000", "--dim", "16", "--labels", "4",
+            "--dir", str(tmp_path / "b"), "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "baseline/s" in capsys.readouterr().out
+    (result,) = json.loads(out.read_text())
+    for cache in ("warm", "cold"):
+        rates = result[f"{cache}_classify_per_s"] / result[f"{cache}_baseline_per_s"]
+        assert result[f"{cache}_vs_baseline"] == pytest.approx(rates, rel=0.01)
+    assert result["n"] == 3000
