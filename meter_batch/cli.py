@@ -304,12 +304,23 @@ def _versions_table(rows: list[Any]) -> str:
             "created_at": [r.entry.created_at[:19] for r in rows],
             "classified_at": [(r.entry.classified_at or "")[:19] for r in rows],
             "labels": [len(r.entry.labels) for r in rows],
+            "mode": [_mode(r.entry) for r in rows],
             "logit_scale": [r.entry.logit_scale for r in rows],
             "evaluations": [r.evaluations for r in rows],
             "last_accuracy": [r.last_accuracy for r in rows],
         }
     )
     return _format_table(table)
+
+
+def _mode(entry: Any) -> str:
+    """text, or a few-shot mode with its example count and cross-validated parameters."""
+    fit = entry.few_shot
+    if fit is None:
+        return "text"
+    chosen = {"mix": fit.mix, "alpha": fit.alpha, "beta": fit.beta, "l2": fit.l2}
+    params = " ".join(f"{k}={v:g}" for k, v in chosen.items() if v is not None)
+    return f"{fit.mode} ({fit.examples} ex., {params})"
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -9,7 +9,6 @@ happens on the device (encode.py).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -27,7 +26,7 @@ from meter_batch.errors import ModelError
 from meter_batch.ingest.pixels import frame_count, normalize_image
 from meter_batch.ingest.scan import WorkList
 from meter_batch.store.records import FailureKind
-from meter_batch.store.schema import CONTENT_HASH_BYTES
+from meter_batch.store.schema import content_hash
 
 PixelFn = Callable[[Image.Image], Image.Image]
 
@@ -253,10 +252,6 @@ def classify_decode_error(exc: BaseException, data: bytes) -> tuple[FailureKind,
     ):
         return FailureKind.TRUNCATED, message
     return FailureKind.DECODE_ERROR, f"{type(exc).__name__}: {message}"
-
-
-def content_hash(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=CONTENT_HASH_BYTES).digest()
 
 
 class ImageFiles(torch.utils.data.Dataset[Decoded]):

@@ -17,7 +17,7 @@ import numpy as np
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ConfigError
 from meter_batch.labels.calibration import fit_scale, fit_thresholds, folds, softmax
-from meter_batch.labels.evaluate_run import check_truth_labels, truth_in_store, version_matrix
+from meter_batch.labels.evaluate_run import check_truth_labels, truth_in_store, version_head
 from meter_batch.labels.label_sets import LabelSet, label_set_toml, load_label_set
 from meter_batch.labels.metrics import Evaluation, evaluate_probs
 from meter_batch.labels.truth import read_truth
@@ -54,14 +54,16 @@ def calibrate(
     check_truth_labels(labels_file, label_set, truth)
     _check_settings(out, labels_file, target_precision, k)
     store = open_store(store_root)
-    scored, _ = truth_in_store(store, truth)
+    found, _ = truth_in_store(store, truth)
+    version = version_head(store, label_set, model)
+    scored = found.without(version.example_ids)  # a head is not calibrated on its examples
     if len(scored.labels) < 2 * k:
         raise ConfigError(
             f"calibrate needs at least {2 * k} truth images in the store for {k} folds; "
             f"{len(scored.labels)} found"
         )
-    matrix, scale, _ = version_matrix(store, label_set, model)
-    cosines = scored.vectors.astype(np.float64) @ matrix.astype(np.float64).T
+    scale = version.scale
+    cosines = version.head.scores(scored.vectors)
     truth_index = scored.indexes(label_set)
     before = _figures(label_set, softmax(cosines, scale), truth_index, label_set.label_min_probs)
     after = _held_out(label_set, cosines, truth_index, target_precision, k)

@@ -1,8 +1,9 @@
 """`classify`: score every stored image not yet scored under a label-set version.
 
-label set file -> (first time) the label matrix, from the store's own text encoder ->
-the stored vectors x matrix, streamed -> staged prediction parts -> one commit. Never
-opens an image: the vectors files are all it reads.
+label set file -> (first time) the label matrix, from the store's own text encoder, and
+for a few-shot set its head fitted to the example vectors (examples.py) -> the stored
+vectors x head, streamed -> staged prediction parts -> one commit. Opens no image but
+examples outside the store, once: the vectors files are all it reads.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from typing import Any
 import pyarrow.compute as pc
 
 from meter_batch.config import ModelSpec
+from meter_batch.labels.examples import LocatedExamples, example_version, few_shot_head
+from meter_batch.labels.few_shot import describe
+from meter_batch.labels.head import Head, text_head
 from meter_batch.labels.label_sets import LabelSet, load_label_set
-from meter_batch.labels.predictions import PredictionWriter, read_label_matrix, write_label_matrix
+from meter_batch.labels.predictions import (
+    PredictionWriter,
+    read_head,
+    write_examples,
+    write_label_matrix,
+)
 from meter_batch.labels.scoring import (
     Scorer,
     ScoreSettings,
@@ -36,7 +45,6 @@ from meter_batch.store.commit import (
     next_manifest,
     open_existing,
     open_store,
-    staged_path,
 )
 from meter_batch.store.layout import new_run_id
 from meter_batch.store.read import tombstoned_ids
@@ -54,6 +62,8 @@ class ClassifySummary:
     abstained: int
     seconds: float
     embeddings_per_s: float
+    few_shot: str | None = None  # the fitted few-shot head, described (a new version)
+    examples_encoded: int = 0  # example files outside the store encoded now (once)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,10 +75,7 @@ class _Version:
 
     entry: LabelSetEntry
     new: bool
-
-    def matrix_path(self, store: Store) -> Path:
-        relpath = self.entry.matrix
-        return staged_path(store, relpath) if self.new else store.checked(relpath)
+    head: Head | None = None  # a new version's, in memory (its files are still staged)
 
 
 def classify(
@@ -88,7 +95,8 @@ def classify(
         store = open_existing(store_root, lock)
         version = _version(store, label_set, model)
         entry = version.entry
-        scorer = Scorer(read_label_matrix(version.matrix_path(store)), _settings(entry), BATCH_ROWS)
+        head = version.head or read_head(store, entry)
+        scorer = Scorer(head, _settings(entry), BATCH_ROWS)
         writer = PredictionWriter(store, entry.version, new_run_id())
         abstained = 0
         todo = store.manifest.next_image_id - entry.scored_below_id
@@ -111,38 +119,59 @@ def classify(
         abstained=abstained,
         seconds=round(seconds, 3),
         embeddings_per_s=round(writer.rows / seconds, 1) if seconds > 0 else 0.0,
+        few_shot=describe(entry.few_shot) if version.new and entry.few_shot else None,
+        examples_encoded=entry.few_shot.encoded if version.new and entry.few_shot else 0,
     )
 
 
 def _version(store: Store, label_set: LabelSet, model: ModelSpec | None) -> _Version:
-    """The stored entry of this label-set version, or a new one (its matrix staged)."""
-    version = label_set.version(store.identity)
+    """The stored entry of this label-set version, or a new one (its files staged)."""
+    version, located = example_version(store, label_set)
     entry = store.manifest.label_set(version)
     if entry is not None:
         return _Version(entry, new=False)
-    return _Version(_new_label_set_entry(store, label_set, version, model), new=True)
+    return _new_version(store, label_set, version, located, model)
 
 
-def _new_label_set_entry(
-    store: Store, label_set: LabelSet, version: str, model: ModelSpec | None
-) -> LabelSetEntry:
-    """Encode the prompts with the store's model once; the matrix is staged for the commit."""
+def _new_version(
+    store: Store,
+    label_set: LabelSet,
+    version: str,
+    located: LocatedExamples | None,
+    model: ModelSpec | None,
+) -> _Version:
+    """Encode the prompts with the store's model once (a few-shot set: fit its head to
+    the examples); the matrix and examples are staged for the commit."""
     loaded = load_verified(store.model_source, store.identity, store.root, model)
-    matrix = label_matrix(loaded, label_set)
+    text, scale = label_matrix(loaded, label_set), resolve_scale(loaded, label_set)
+    few_shot = None
+    if located is not None:
+        few_shot = few_shot_head(store, label_set, located, text, scale, lambda: loaded)
+    head = few_shot.head if few_shot is not None else text_head(text)
     prompts = [list(label.prompts) for label in label_set.labels]
-    relpath = write_label_matrix(store, version, label_set.label_ids, prompts, matrix)
+    relpath = write_label_matrix(
+        store, version, label_set.label_ids, prompts, head.weights, head.bias
+    )
+    entry = _entry(label_set, version, relpath, scale)
+    if few_shot is not None:
+        examples = write_examples(store, version, entry.labels, few_shot.examples)
+        entry = replace(entry, mode=label_set.mode, examples=examples, few_shot=few_shot.fit)
+    return _Version(entry, new=True, head=head)
+
+
+def _entry(label_set: LabelSet, version: str, matrix: str, scale: float) -> LabelSetEntry:
     return LabelSetEntry(
         name=label_set.name,
         version=version,
         created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
         labels=tuple(label_set.label_ids),
         templates=label_set.templates,
-        logit_scale=resolve_scale(loaded, label_set),
+        logit_scale=scale,
         logit_scale_setting=label_set.logit_scale,
         top_k=label_set.top_k,
         min_prob=label_set.abstain.min_prob,
         min_margin=label_set.abstain.min_margin,
-        matrix=relpath,
+        matrix=matrix,
         label_min_probs=label_set.label_min_probs if _has_own(label_set) else None,
     )
 
@@ -168,7 +197,8 @@ def _commit_label_set(
     store: Store, version: _Version, parts: list[str], make_current: bool
 ) -> None:
     entry = version.entry
-    staged = [*parts, entry.matrix] if version.new else parts
+    own = [entry.matrix, *([entry.examples] if entry.examples else [])]
+    staged = [*parts, *own] if version.new else parts
     updated = replace(
         entry,
         parts=(*entry.parts, *parts),

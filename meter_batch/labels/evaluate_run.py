@@ -4,7 +4,9 @@ truth file -> the stored images it names -> their stored vectors x each set's la
 matrix -> full probabilities (float64) -> figures (metrics.py) -> an evaluation record
 per set in one commit, which the catalog's `evaluations` table shows. Never decodes an
 image; a label-set version that was never classified has its prompts encoded with the
-store's model, and nothing of it is stored: an evaluation changes no prediction.
+store's model (a few-shot one its head fitted, examples outside the store encoded), and
+nothing of it is stored: an evaluation changes no prediction. A few-shot set's own
+examples are left out of its figures: a head is not judged on what it learned from.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import numpy as np
 
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ConfigError, InputError
+from meter_batch.labels.examples import example_image_ids, example_version, few_shot_head
+from meter_batch.labels.head import Head, text_head
 from meter_batch.labels.label_sets import LabelSet, load_label_set
 from meter_batch.labels.metrics import Evaluation, evaluate_probs
-from meter_batch.labels.predictions import read_label_matrix
+from meter_batch.labels.predictions import read_head
 from meter_batch.labels.scoring import label_matrix, resolve_scale
 from meter_batch.labels.truth import Truth, read_truth
 from meter_batch.model.loading import load_verified
@@ -40,6 +44,8 @@ class SetEvaluation:
     stored_version: bool  # False: the version was never classified; its prompts were encoded
     logit_scale: float
     evaluation: Evaluation
+    mode: str = "text"
+    examples_left_out: int = 0  # truth images that are the set's own examples
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,14 @@ class EvaluateReport:
 class TruthVectors:
     """The truth rows found in the store: their vectors and true labels, in one order."""
 
+    ids: np.ndarray  # (N,) int64 image ids
     vectors: np.ndarray  # (N, D) float32
     labels: tuple[str, ...]
+
+    def without(self, image_ids: frozenset[int]) -> TruthVectors:
+        keep = ~np.isin(self.ids, np.fromiter(image_ids, dtype=np.int64, count=len(image_ids)))
+        labels = tuple(label for label, kept in zip(self.labels, keep, strict=True) if kept)
+        return TruthVectors(self.ids[keep], self.vectors[keep], labels)
 
     def indexes(self, label_set: LabelSet) -> np.ndarray:
         """The true labels as indexes into the set's labels."""
@@ -108,38 +120,71 @@ def truth_in_store(store: Store, truth: Truth) -> tuple[TruthVectors, tuple[str 
         )
     label_of = {ids[key]: label for key, label in zip(truth.keys, truth.labels, strict=True)}
     labels = tuple(label_of[int(i)] for i in stored_ids)
-    return TruthVectors(vectors, labels), missing
+    return TruthVectors(stored_ids, vectors, labels), missing
 
 
 def _evaluate_set(
-    store: Store, label_set: LabelSet, scored: TruthVectors, model: ModelSpec | None
+    store: Store, label_set: LabelSet, truth: TruthVectors, model: ModelSpec | None
 ) -> SetEvaluation:
-    version = label_set.version(store.identity)
-    matrix, scale, stored = version_matrix(store, label_set, model)
-    probs = probabilities(scored.vectors, matrix, scale)
-    truth = scored.indexes(label_set)
+    found = version_head(store, label_set, model)
+    scored = truth.without(found.example_ids)
+    if not scored.labels:
+        raise InputError(
+            f"every truth image found in the store is an example of label set "
+            f"{label_set.name!r}: there is nothing left to judge it on"
+        )
+    probs = probabilities(scored.vectors, found.head, found.scale)
     rule = label_set.abstain
     figures = evaluate_probs(
-        probs, truth, label_set.label_ids, rule.min_prob, rule.min_margin, label_set.label_min_probs
+        probs,
+        scored.indexes(label_set),
+        label_set.label_ids,
+        rule.min_prob,
+        rule.min_margin,
+        label_set.label_min_probs,
     )
-    return SetEvaluation(label_set.name, version, stored, scale, figures)
+    left_out = len(truth.labels) - len(scored.labels)
+    return SetEvaluation(
+        label_set.name,
+        found.version,
+        found.stored,
+        found.scale,
+        figures,
+        label_set.mode,
+        left_out,
+    )
 
 
-def version_matrix(
-    store: Store, label_set: LabelSet, model: ModelSpec | None
-) -> tuple[np.ndarray, float, bool]:
-    """The (K, D) label matrix and scale of the set's version: stored (True) or, for a
-    version never classified, its prompts encoded now with the store's model (False)."""
-    entry = store.manifest.label_set(label_set.version(store.identity))
+@dataclass(frozen=True)
+class VersionHead:
+    """A label set's version in a store and its head: stored, or (never classified) made
+    now from the store's model and nothing of it kept."""
+
+    version: str
+    head: Head
+    scale: float
+    stored: bool
+    example_ids: frozenset[int]  # live images whose bytes are among the set's examples
+
+
+def version_head(store: Store, label_set: LabelSet, model: ModelSpec | None) -> VersionHead:
+    version, located = example_version(store, label_set)
+    example_ids = frozenset() if located is None else example_image_ids(store, located)
+    entry = store.manifest.label_set(version)
     if entry is not None:
-        return read_label_matrix(store.checked(entry.matrix)), float(entry.logit_scale), True
+        scale = float(entry.logit_scale)
+        return VersionHead(version, read_head(store, entry), scale, True, example_ids)
     loaded = load_verified(store.model_source, store.identity, store.root, model)
-    return label_matrix(loaded, label_set), resolve_scale(loaded, label_set), False
+    text, scale = label_matrix(loaded, label_set), resolve_scale(loaded, label_set)
+    head = text_head(text)
+    if located is not None:
+        head = few_shot_head(store, label_set, located, text, scale, lambda: loaded).head
+    return VersionHead(version, head, scale, False, example_ids)
 
 
-def probabilities(vectors: np.ndarray, matrix: np.ndarray, scale: float) -> np.ndarray:
-    """softmax(scale · cosines) over every label, in float64 (classify's top-k are its top)."""
-    logits = vectors.astype(np.float64) @ matrix.astype(np.float64).T
+def probabilities(vectors: np.ndarray, head: Head, scale: float) -> np.ndarray:
+    """softmax(scale · scores) over every label, in float64 (classify's top-k are its top)."""
+    logits = head.scores(vectors)
     logits = (logits - logits.max(axis=1, keepdims=True)) * scale
     exp = np.exp(logits)
     return np.asarray(exp / exp.sum(axis=1, keepdims=True))
@@ -181,5 +226,6 @@ def _evaluation_record(result: SetEvaluation, truth: Truth, now: str) -> Evaluat
         accuracy_at_50=coverage[0.5],
         abstained=figures.abstained,
         kept_accuracy=None if np.isnan(figures.kept_accuracy) else figures.kept_accuracy,
+        examples_left_out=result.examples_left_out,
         details=json.dumps(details, ensure_ascii=False),
     )

@@ -52,7 +52,10 @@ def _side_by_side(sets: tuple[SetEvaluation, ...]) -> str:
     header = ["", *(s.label_set for s in sets)]
     version = ["version", *(s.version + ("" if s.stored_version else " (new)") for s in sets)]
     scale = ["logit scale", *(_number(s.logit_scale) for s in sets)]
-    rows = [version, scale, *([name, *(show(s.evaluation) for s in sets)] for name, show in _ROWS)]
+    mode = ["mode", *(s.mode for s in sets)]
+    left_out = ["examples left out", *(str(s.examples_left_out) for s in sets)]
+    figures = [[name, *(show(s.evaluation) for s in sets)] for name, show in _ROWS]
+    rows = [version, mode, scale, left_out, *figures]
     return _grid([header, *rows])
 
 

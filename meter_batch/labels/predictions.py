@@ -1,10 +1,12 @@
-"""Predictions and label matrices -> staged Parquet parts, committed by the classify run."""
+"""Predictions, label heads and examples -> staged Parquet parts, committed by the classify
+run; and a stored version's head read back."""
 
 from __future__ import annotations
 
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter_batch import faults
+from meter_batch.labels.head import Cache, Head
 from meter_batch.store.commit import Store, staged_path, write_error, write_parquet_staged
-from meter_batch.store.layout import label_matrix_file, prediction_part
+from meter_batch.store.integrity import reading
+from meter_batch.store.layout import label_examples_file, label_matrix_file, prediction_part
 from meter_batch.store.read import read_columns
+from meter_batch.store.records import LabelSetEntry
+from meter_batch.store.schema import CONTENT_HASH_BYTES
 
 
 class PredictionWriter:
@@ -88,26 +94,96 @@ class PredictionWriter:
 
 
 def write_label_matrix(
-    store: Store, version: str, label_ids: list[str], prompts: list[list[str]], matrix: np.ndarray
+    store: Store,
+    version: str,
+    label_ids: list[str],
+    prompts: list[list[str]],
+    matrix: np.ndarray,
+    bias: np.ndarray | None = None,
 ) -> str:
-    """Stage the label embedding matrix of a label-set version; returns its relative path."""
+    """Stage the label matrix (and a probe's bias) of a label-set version; returns its
+    relative path."""
     relpath = label_matrix_file(version)
-    dim = matrix.shape[1]
-    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
+    columns = {
+        "label_id": pa.array(label_ids, pa.string()),
+        "prompts": pa.array(prompts, pa.list_(pa.string())),
+        "embedding": _matrix_column(matrix, np.float32),
+    }
+    if bias is not None:
+        columns["bias"] = pa.array(np.asarray(bias, dtype=np.float32))
+    write_parquet_staged(store, pa.table(columns), relpath)
+    return relpath
+
+
+def _matrix_column(matrix: np.ndarray, dtype: type[np.generic]) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=dtype).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+
+
+def read_label_matrix(path: Path) -> np.ndarray:
+    return _matrix(read_columns(path, ["embedding"]).column("embedding"))
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    values = column.combine_chunks()
+    return values.values.to_numpy(zero_copy_only=False).reshape(len(values), values.type.list_size)
+
+
+@dataclass(frozen=True)
+class StoredExamples:
+    """A few-shot version's examples as its examples file keeps them."""
+
+    vectors: np.ndarray  # (N, D) float16, as the store keeps vectors
+    labels: np.ndarray  # (N,) int64 label indexes
+    content_hashes: tuple[bytes, ...]
+    image_ids: tuple[int | None, ...]  # the stored image used; None: a file encoded for it
+    refs: tuple[str, ...]  # as the label set wrote them
+
+
+def write_examples(
+    store: Store, version: str, label_ids: tuple[str, ...], examples: StoredExamples
+) -> str:
+    relpath = label_examples_file(version)
     table = pa.table(
         {
-            "label_id": pa.array(label_ids, pa.string()),
-            "prompts": pa.array(prompts, pa.list_(pa.string())),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "label_id": pa.array([label_ids[i] for i in examples.labels], pa.string()),
+            "label_index": pa.array(examples.labels, pa.int32()),
+            "ref": pa.array(examples.refs, pa.string()),
+            "content_hash": pa.array(examples.content_hashes, pa.binary(CONTENT_HASH_BYTES)),
+            "image_id": pa.array(examples.image_ids, pa.int64()),
+            "embedding": _matrix_column(examples.vectors, np.float16),
         }
     )
     write_parquet_staged(store, table, relpath)
     return relpath
 
 
-def read_label_matrix(path: Path) -> np.ndarray:
-    column = read_columns(path, ["embedding"]).column("embedding").combine_chunks()
-    return column.values.to_numpy().reshape(len(column), column.type.list_size)
+def read_examples(path: Path) -> StoredExamples:
+    table = read_columns(path, ["label_index", "ref", "content_hash", "image_id", "embedding"])
+    return StoredExamples(
+        vectors=_matrix(table.column("embedding")),
+        labels=table.column("label_index").to_numpy().astype(np.int64),
+        content_hashes=tuple(table.column("content_hash").to_pylist()),
+        image_ids=tuple(table.column("image_id").to_pylist()),
+        refs=tuple(table.column("ref").to_pylist()),
+    )
+
+
+def read_head(store: Store, entry: LabelSetEntry) -> Head:
+    """A stored version's head: its matrix, a probe's bias, an adapter's cache."""
+    path = store.checked(entry.matrix)
+    with reading(path):
+        table = pq.ParquetFile(path).read()
+    weights = _matrix(table.column("embedding"))
+    bias = table.column("bias").to_numpy() if "bias" in table.column_names else None
+    if entry.mode != "adapter":
+        return Head(weights, bias)
+    assert entry.examples is not None and entry.few_shot is not None
+    assert entry.few_shot.alpha is not None and entry.few_shot.beta is not None
+    examples = read_examples(store.checked(entry.examples))
+    alpha = entry.few_shot.alpha / float(entry.logit_scale)  # in score units (head.py)
+    cache = Cache(examples.vectors.astype(np.float32), examples.labels, alpha, entry.few_shot.beta)
+    return Head(weights, bias, cache)
 
 
 def _values(kind: pa.DataType) -> pa.DataType:

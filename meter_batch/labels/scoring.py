@@ -2,8 +2,10 @@
 
 Reads only the vectors files (never an image, never the model). Per chunk: float16 ->
 float32 into a reused buffer and one matmul against the (D, K) label matrix, a few
-hundred rows at a time; top-k of the logits; the softmax of the top ones (shifted by
-each row's maximum before scaling, so no scale overflows it).
+hundred rows at a time (a probe adds its bias; an adapter's matrix carries its example
+vectors too, whose affinities add to the text scores: head.py); top-k of the logits;
+the softmax of the top ones (shifted by each row's maximum before scaling, so no scale
+overflows it).
 Buffers are allocated once: fresh multi-megabyte allocations per chunk cost more than
 the arithmetic. Memory stays flat in N: nothing N-sized is ever held.
 """
@@ -20,6 +22,7 @@ import pyarrow as pa
 import torch
 
 from meter_batch.errors import ConfigError, ModelError
+from meter_batch.labels.head import Head, text_head
 from meter_batch.labels.label_sets import LEARNED, UNKNOWN, LabelSet, scale_problem
 from meter_batch.model.encoder import encode_texts
 from meter_batch.model.loading import LoadedModel
@@ -67,9 +70,9 @@ SUB_ROWS = 128  # rows per float16 -> float32 copy and product: fits a core's L2
 
 
 class Scorer:
-    """Scores (ids, float16 matrix) chunks against one label matrix."""
+    """Scores (ids, float16 matrix) chunks with one head (a plain label matrix: text)."""
 
-    def __init__(self, labels: np.ndarray, settings: ScoreSettings, max_rows: int) -> None:
+    def __init__(self, labels: Head | np.ndarray, settings: ScoreSettings, max_rows: int) -> None:
         problem = scale_problem(settings.scale)
         if problem is not None:  # a version recorded before scales were checked
             raise ConfigError(
@@ -77,10 +80,16 @@ class Scorer:
                 f"{settings.scale!r}, which {problem}; set another in the label set (a new version)"
             )
         self.settings = settings
+        head = labels if isinstance(labels, Head) else text_head(labels)
+        count = head.count
+        cache = head.cache
+        columns = head.weights if cache is None else np.concatenate([head.weights, cache.keys])
         # a copy, always: with one label, labels.T is already contiguous and would stay a
         # read-only view of Arrow memory, which torch warns about
-        self.labels_t = torch.from_numpy(np.array(labels.T, dtype=np.float32, order="C"))
-        dim, count = self.labels_t.shape
+        self.labels_t = torch.from_numpy(np.array(columns.T, dtype=np.float32, order="C"))
+        self.bias = None if head.bias is None else torch.from_numpy(head.bias.astype(np.float32))
+        self.cache = _CacheTerms.of(head, min(max_rows, SUB_ROWS))
+        dim = self.labels_t.shape[0]
         self.buffer = torch.empty(min(max_rows, SUB_ROWS), dim)
         self.logits = torch.empty(max_rows, count)
         self.dictionary = pa.array([*settings.label_ids, UNKNOWN], pa.string())
@@ -111,7 +120,12 @@ class Scorer:
             stop = min(len(vectors), start + SUB_ROWS)
             chunk = self.buffer[: stop - start]
             chunk.copy_(source[start:stop])
-            torch.mm(chunk, self.labels_t, out=out[start:stop])
+            if self.cache is None:
+                torch.mm(chunk, self.labels_t, out=out[start:stop])
+            else:
+                self.cache.scores(chunk, self.labels_t, out[start:stop])
+        if self.bias is not None:
+            out.add_(self.bias)
 
     def _top_probabilities(self, logits: torch.Tensor, top_logits: torch.Tensor) -> torch.Tensor:
         """softmax(s·x) of the top labels only: exp(s·(x_top - max)) / Σ exp(s·(x - max)).
@@ -155,6 +169,33 @@ class Scorer:
             pa.array(np.full(len(ids), self.settings.scale, dtype=np.float32)),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+
+@dataclass(frozen=True)
+class _CacheTerms:
+    """An adapter's affinity term, in float32: the text and example cosines from one
+    product, exp(beta · (cos - 1)) of the example ones in place, and one product with the
+    alpha-weighted one-hot labels added to the text ones."""
+
+    count: int  # labels
+    beta: float
+    values: torch.Tensor  # (N, K) float32
+    wide: torch.Tensor  # (SUB_ROWS, K + N) buffer
+
+    @classmethod
+    def of(cls, head: Head, rows: int) -> _CacheTerms | None:
+        if head.cache is None:
+            return None
+        values = torch.from_numpy(head.cache.values(head.count))
+        wide = torch.empty(rows, head.count + len(head.cache.labels))
+        return cls(head.count, head.cache.beta, values, wide)
+
+    def scores(self, chunk: torch.Tensor, columns: torch.Tensor, out: torch.Tensor) -> None:
+        wide = self.wide[: len(chunk)]
+        torch.mm(chunk, columns, out=wide)
+        affinity = wide[:, self.count :]
+        affinity.sub_(1.0).mul_(self.beta).exp_()
+        torch.addmm(wide[:, : self.count], affinity, self.values, out=out)
 
 
 def _fixed_list(values: pa.Array, size: int) -> pa.FixedSizeListArray:

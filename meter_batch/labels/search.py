@@ -7,17 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from meter_batch.config import ModelSpec, SearchSettings
 from meter_batch.errors import ConfigError, InputError, StoreError
-from meter_batch.ingest.decode import (
-    DecodeOptions,
-    configure_decoder_process,
-    decode_file,
-    split_preprocess,
-)
-from meter_batch.model.encoder import ImageEncoder, encode_texts, plan_device
+from meter_batch.labels.examples import encode_files
+from meter_batch.model.encoder import encode_texts
 from meter_batch.model.loading import load_verified
 from meter_batch.store.commit import Store, open_store
 from meter_batch.store.index import load_index
@@ -74,11 +68,4 @@ def _image_query(store: Store, image: Path | None, model: ModelSpec | None) -> n
     if not image.is_file():
         raise InputError(f"image not found: {image}")
     loaded = load_verified(store.model_source, store.identity, store.root, model)
-    stage = split_preprocess(loaded.reference_preprocess)
-    configure_decoder_process(in_worker=False)
-    decoded = decode_file(bytes(image.resolve()), 0, DecodeOptions(stage.transform, 10**9))
-    if decoded.kind is not None or decoded.pixels is None:
-        raise InputError(f"cannot use {image} as a query: {decoded.kind}: {decoded.message}")
-    device = plan_device("cpu", "fp32")
-    encoder = ImageEncoder(loaded.model, stage.mean, stage.std, device, name=loaded.architecture)
-    return encoder(torch.from_numpy(decoded.pixels[None].copy()))[0].astype(np.float32)
+    return encode_files(loaded, [image], role="a query")[0].astype(np.float32)

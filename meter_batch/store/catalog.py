@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+from dataclasses import asdict
 from datetime import datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -215,7 +216,7 @@ _DUCKDB_TYPES = {  # the Arrow types of RUNS_SCHEMA and LABEL_SETS_SCHEMA
 
 # Raised whenever the catalog's tables or views change: a catalog of another version
 # counts as stale and the next encode or classify rebuilds it (verify reports it).
-CATALOG_VERSION = 4  # 3: the evaluations table; 4: current_label_sets
+CATALOG_VERSION = 5  # 3: evaluations; 4: current_label_sets; 5: few-shot columns
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
@@ -243,6 +244,8 @@ def _label_set_row(entry: LabelSetEntry) -> dict[str, Any]:
     row["created_at"] = datetime.fromisoformat(entry.created_at)
     row["classified_at"] = datetime.fromisoformat(entry.classified_at or entry.created_at)
     row["logit_scale_setting"] = json.dumps(entry.logit_scale_setting)
+    few_shot = entry.few_shot
+    row["few_shot"] = None if few_shot is None else json.dumps(asdict(few_shot))
     return row
 
 

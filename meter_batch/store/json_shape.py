@@ -131,6 +131,9 @@ def check_manifest(data: Any, where: str) -> None:
         check_relpath(data["index"], Folder.INDEX, INDEX_SUFFIX, f"{where}.index")
     for i, entry in enumerate(data.get("label_sets", ())):
         check_parquet_part(entry["matrix"], Folder.LABELSETS, f"{where}.label_sets[{i}].matrix")
+        if entry.get("examples") is not None:
+            where_examples = f"{where}.label_sets[{i}].examples"
+            check_parquet_part(entry["examples"], Folder.LABELSETS, where_examples)
         for j, relpath in enumerate(entry.get("parts", ())):
             check_parquet_part(relpath, Folder.PREDICTIONS, f"{where}.label_sets[{i}].parts[{j}]")
     for relpath in data.get("files", {}):

@@ -8,7 +8,8 @@ STORE/
   failures/part-<run>-<n>.parquet   files that have no embedding, with a reason
   tombstones/part-<run>-<n>.parquet rows (and standing failures) that ended
   index/<seq>.faiss                 FAISS index of the live embeddings (derived)
-  labelsets/<version>.parquet       a label-set version's label matrix
+  labelsets/<version>.parquet       a label-set version's label matrix (and probe bias)
+  labelsets/<version>.examples.parquet  a few-shot version's example vectors
   predictions/<version>/part-<run>-<n>.parquet
   staging/                          files of the commit in progress
   catalog.duckdb, catalog-empty/    the analysts' DuckDB views (derived)
@@ -69,6 +70,10 @@ def prediction_part(version: str, run_id: str, number: int) -> str:
 
 def label_matrix_file(version: str) -> str:
     return f"{Folder.LABELSETS}/{version}{PARQUET_SUFFIX}"
+
+
+def label_examples_file(version: str) -> str:
+    return f"{Folder.LABELSETS}/{version}.examples{PARQUET_SUFFIX}"
 
 
 def index_file(seq: int) -> str:

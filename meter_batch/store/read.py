@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 
 from meter_batch.store.commit import Store
 from meter_batch.store.integrity import reading
+from meter_batch.store.schema import embeddings_schema
 from meter_batch.store.vectors import iter_vectors
 
 
@@ -95,18 +97,35 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
 
 def live_ids_of_paths(store: Store, paths: list[str]) -> dict[str, int]:
     """The live image id of each stored ``path`` found (paths as the `path` column has them)."""
-    if not paths:
+    return {path: ref.image_id for path, ref in live_refs_of(store, "path", paths).items()}
+
+
+@dataclass(frozen=True)
+class StoredRef:
+    """A live stored image: its id and the hash of its bytes."""
+
+    image_id: int
+    content_hash: bytes
+
+
+def live_refs_of(store: Store, column: str, values: list[Any]) -> dict[Any, StoredRef]:
+    """The live image whose ``column`` (`path` or `content_hash`) is each value found."""
+    if not values:
         return {}
     dead = tombstoned_ids(store)
-    wanted = pa.array(sorted(set(paths)), pa.string())
-    found: dict[str, int] = {}
+    wanted = pa.array(sorted(set(values)), store_column_type(column))
+    found: dict[Any, StoredRef] = {}
     for part in store.live_paths("embeddings"):
-        table = read_columns(part, ["image_id", "path"])
-        table = table.filter(pc.is_in(table.column("path"), value_set=wanted))
-        for image_id, path in zip(*(c.to_pylist() for c in table.columns), strict=True):
-            if image_id not in dead:
-                found[path] = image_id
+        table = read_columns(part, ["image_id", "content_hash", *{column} - {"content_hash"}])
+        table = table.filter(pc.is_in(table.column(column), value_set=wanted))
+        for row in table.to_pylist():
+            if row["image_id"] not in dead:
+                found[row[column]] = StoredRef(row["image_id"], row["content_hash"])
     return found
+
+
+def store_column_type(column: str) -> pa.DataType:
+    return embeddings_schema(1).field(column).type
 
 
 def vectors_of(store: Store, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:

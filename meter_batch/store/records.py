@@ -145,6 +145,24 @@ class RunRecord(RunCounts):
 
 
 @dataclass(frozen=True)
+class FewShotFit:
+    """How a few-shot label-set version was fitted: the hyper-parameters chosen by
+    cross-validation on its examples (those of its mode; the others None), and the
+    held-out accuracy on the examples against the text alone."""
+
+    mode: str  # prototype | adapter | probe
+    examples: int
+    cv_folds: int
+    cv_accuracy: float
+    cv_text_accuracy: float
+    encoded: int = 0  # example files outside the store encoded for this version
+    mix: float | None = None  # prototype: weight of the example mean
+    alpha: float | None = None  # adapter: Tip-Adapter's α (with logits scale · cosine)
+    beta: float | None = None  # adapter: sharpness of the affinity
+    l2: float | None = None  # probe: pull back to the text weights (logit units)
+
+
+@dataclass(frozen=True)
 class LabelSetEntry:
     """One label-set version in the manifest: its settings, matrix and prediction parts.
     The catalog's `label_sets` table shows every field but ``matrix`` and ``parts``."""
@@ -164,17 +182,22 @@ class LabelSetEntry:
     scored_below_id: int = 0  # every image below this id is scored
     classified_at: str | None = None
     label_min_probs: tuple[float, ...] | None = None  # per label; None: no label has one
+    mode: str | None = None  # a few-shot mode; None: text
+    examples: str | None = None  # the examples file (vectors, labels, content hashes)
+    few_shot: FewShotFit | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _without_none(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabelSetEntry:
-        lists: dict[str, tuple[str, ...]] = {
+        lists: dict[str, Any] = {
             k: tuple(data[k])
             for k in ("labels", "templates", "parts", "label_min_probs")
             if data.get(k) is not None
         }
+        if data.get("few_shot") is not None:
+            lists["few_shot"] = FewShotFit(**data["few_shot"])
         return cls(**{**data, **lists})
 
 
@@ -227,6 +250,7 @@ class EvaluationRecord:
     abstained: float
     kept_accuracy: float | None
     details: str  # JSON: per-class precision / recall / F1 / support and the confusion
+    examples_left_out: int = 0  # truth images left out: the set's own few-shot examples
 
     def to_json(self) -> dict[str, Any]:
         return _without_none(self)
@@ -297,6 +321,7 @@ class Manifest:
         live |= {self.index} if self.index else set()
         for entry in self.label_sets:
             live |= {*entry.parts, entry.matrix}
+            live |= {entry.examples} if entry.examples else set()
         return live
 
     def label_set(self, version: str) -> LabelSetEntry | None:

@@ -149,7 +149,9 @@ def _handle_lost(
         return manifest
     lost = set(damaged) - {manifest.index}
     label_sets = tuple(
-        _without_lost(entry, lost) for entry in manifest.label_sets if entry.matrix not in lost
+        _without_lost(entry, lost)
+        for entry in manifest.label_sets
+        if entry.matrix not in lost and entry.examples not in lost
     )
     kept = _map_parts(manifest, lambda parts: tuple(p for p in parts if p not in lost))
     return replace(kept, label_sets=label_sets)

@@ -7,6 +7,7 @@ records.py, so a new field of a record is a new column without a second declarat
 
 from __future__ import annotations
 
+import hashlib
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +24,12 @@ from meter_batch.store.records import (
 )
 
 CONTENT_HASH_BYTES = 16
+
+
+def content_hash(data: bytes) -> bytes:
+    """The `content_hash` of an image file's bytes (how a touched or copied file is known)."""
+    return hashlib.blake2b(data, digest_size=CONTENT_HASH_BYTES).digest()
+
 
 # Columns every embeddings part holds; `embedding` is appended with the store's dimension.
 _IMAGE_FIELDS = [
@@ -149,6 +156,7 @@ LABEL_SETS_SCHEMA = record_schema(
         "created_at": pa.timestamp("us", tz="UTC"),
         "classified_at": pa.timestamp("us", tz="UTC"),
         "logit_scale_setting": pa.string(),  # JSON: a number or "learned"
+        "few_shot": pa.string(),  # JSON: the fitted hyper-parameters
     },
-    leave_out=("matrix", "parts"),
+    leave_out=("matrix", "parts", "examples"),
 )

@@ -11,7 +11,7 @@ import pytest
 
 from meter_batch.cli import main
 from meter_batch.errors import ConfigError
-from meter_batch.labels.label_sets import MAX_LOGIT_SCALE, load_label_set
+from meter_batch.labels.label_sets import MAX_LOGIT_SCALE, label_set_toml, load_label_set
 from meter_batch.model.identity import ModelIdentity
 from tests.helpers import PROMPTS, one_error_line
 
@@ -197,3 +197,27 @@ def test_a_label_set_nested_too_deeply_is_a_config_error(tmp_path, body, capsys)
     code = main(["classify", "--store", str(tmp_path / "store"), "--labels", str(path)])
     assert code == 2
     assert one_error_line(capsys).endswith("nested too deeply to read")
+
+
+def test_a_few_shot_set_written_elsewhere_reads_back_equal_and_finds_its_files(tmp_path):
+    """label_set_toml (calibrate's output) keeps the mode and the examples; example files
+    beside the original become absolute, so the copy in another folder still finds them,
+    while a path as stored (no such file here) is kept as written."""
+    (tmp_path / "examples.csv").write_text("path,label\nx.jpg,a\n", encoding="utf-8")
+    (tmp_path / "beside.jpg").write_bytes(b"")
+    original = tmp_path / "set.toml"
+    original.write_text(
+        'name = "s"\nmode = "adapter"\nexamples_file = "examples.csv"\n'
+        '[[labels]]\nid = "a"\nprompts = ["p"]\nexamples = ["beside.jpg", "site/1.jpg"]\n'
+        '[[labels]]\nid = "b"\nprompts = ["q"]\n',
+        encoding="utf-8",
+    )
+    loaded = load_label_set(original)
+    elsewhere = tmp_path / "other" / "copy.toml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(label_set_toml(loaded), encoding="utf-8")
+    copy = load_label_set(elsewhere)
+    assert copy.mode == "adapter"
+    assert copy.examples_file == str(tmp_path / "examples.csv")
+    assert copy.labels[0].examples == (str(tmp_path / "beside.jpg"), "site/1.jpg")
+    assert copy.version(IDENTITY) == loaded.version(IDENTITY)  # the folder is not content

@@ -13,6 +13,7 @@ import torch
 
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ConfigError, ModelError
+from meter_batch.labels.head import Cache, Head
 from meter_batch.labels.label_sets import LEARNED, Label, LabelSet
 from meter_batch.labels.scoring import Scorer, ScoreSettings, label_matrix, resolve_scale
 from meter_batch.model.encoder import encode_texts
@@ -159,3 +160,38 @@ def test_probabilities_stay_within_1e_4_of_float64_across_sub_chunks(scale):
         )
         got = [probs[ids.index(label)] for label in row["top_labels"]]
         assert np.abs(np.asarray(row["top_probs"]) - got).max() < 1e-4
+
+
+def _few_shot_heads(rng: np.random.Generator, labels: np.ndarray) -> dict[str, Head]:
+    """A probe-like head (weights and bias) and an adapter (16 examples x 10 labels)."""
+    keys = rng.standard_normal((160, labels.shape[1])).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    bias = (0.05 * rng.standard_normal(10)).astype(np.float32)
+    cache = Cache(keys, np.arange(160, dtype=np.int64) % 10, alpha=0.02, beta=5.5)
+    return {"probe": Head(labels, bias=bias), "adapter": Head(labels, cache=cache)}
+
+
+@pytest.mark.parametrize("mode", ["probe", "adapter"])
+@pytest.mark.parametrize("scale", [10.0, 100.0])
+def test_few_shot_heads_score_within_1e_4_of_their_float64_reference(mode, scale):
+    """The float32 fast path (one product for text and example cosines, the affinity in
+    place) against head.py's float64 scores, across sub-chunks."""
+    rng = np.random.default_rng(6)
+    vectors = rng.standard_normal((300, 64))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    labels = rng.standard_normal((10, 64)).astype(np.float32)
+    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    head = _few_shot_heads(rng, labels)[mode]
+    ids = tuple(f"l{i}" for i in range(10))
+    rows = Scorer(head, ScoreSettings("s", "v1", ids, scale, 3), max_rows=4096).score(
+        np.arange(300), vectors
+    )
+    logits = scale * head.scores(vectors)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert rows.column("label").to_pylist() == [ids[i] for i in expected.argmax(axis=1)]
+    got = np.asarray(rows.column("prob").to_pylist())
+    assert np.abs(got - expected.max(axis=1)).max() < 1e-4
+    # the few-shot terms matter here: plain text scores would answer otherwise somewhere
+    text = scale * vectors.astype(np.float64) @ labels.astype(np.float64).T
+    assert (text.argmax(axis=1) != expected.argmax(axis=1)).any()
