@@ -612,6 +612,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         settings.captions_per_image,
         settings.workers,
         progress=True,
+        style=settings.style,
     )
     summary = {"images": written.count, "images_dir": str(written.images_dir)}
     summary |= {"captions_csv": str(written.captions_csv), "truth_csv": str(written.truth_csv)}

@@ -324,6 +324,10 @@ class SynthSettings:
     seed: int = setting("image i depends only on (seed, i)", default=0, minimum=0)
     captions_per_image: int = setting("caption rows per image", default=2)
     workers: int = setting("processes (0 or 1: in this one)", factory=default_workers, minimum=0)
+    style: Literal["standard", "shifted"] = setting(
+        "look: standard (the demo model's training renders) or shifted (one it never saw)",
+        default="standard",
+    )
 
 
 @settings(kw_only=True)

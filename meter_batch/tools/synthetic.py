@@ -6,6 +6,27 @@ lighting, perspective, blur, noise, glare and JPEG quality. Every image comes wi
 captions in English and Japanese that describe what is drawn (type, digits, colours,
 needle side), phrased many ways, as a team's own photo descriptions would read.
 Image i of a set depends only on (seed, i): a held-out set is simply another seed.
+
+Two styles. ``standard`` is what the shipped demo model was trained on; it must stay
+bit for bit as it is (its draws from image_rng, in their order). ``shifted`` is a look
+that model never saw, for measuring zero-shot drop and few-shot adaptation: image i
+shows the same meter (the same spec, so the same truth.csv row) as standard image i, but
+everything drawn after the spec comes from shifted_rng(seed, i), a stream of its own, so
+image i depends only on (seed, i, style). The shifted look:
+
+* other digit shapes and dial: dot-matrix (5x7) digits on digital displays; number wheels
+  in cream / aluminium / brown with wobbly pen-stroke digits; a dial with green / amber /
+  red zones, dot ticks and a tapered needle;
+* a steep perspective tilt (one edge pulled in 12-25 %, against _warp's 8 %; rotation ±20°);
+* light: night (dark, blue-ish cast, sensor noise), on-camera flash (hotspot, dark
+  edges) or the standard day light, by the weights in LIGHTS;
+* sometimes (P_OCCLUDE) an opaque finger, pipe or paper tag over 10-30 % of the meter;
+* sometimes (P_DIRT) dirty glass: soft brownish smudges and dust specks;
+* then the standard blur, noise and JPEG quality.
+
+Tuned (P_OCCLUDE, P_DIRT, LIGHTS, the brown wheels' weight) so that the demo model,
+with meter-type.toml, classifies 300 shifted renders of seed 1_000_003 at 87 % (84-88 %
+on other seeds), against 99 % for the standard ones.
 """
 
 from __future__ import annotations
@@ -17,6 +38,7 @@ import random
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -25,6 +47,9 @@ from tqdm import tqdm
 from meter_batch.errors import ConfigError
 
 METER_TYPES = ("digital", "rotary", "analog")
+# standard: the demo model's training look; shifted: one it never saw (see the docstring)
+Style = Literal["standard", "shifted"]
+STYLES: tuple[str, ...] = get_args(Style)
 HOUSING_RGB = {
     "white": (232, 232, 226),
     "black": (34, 34, 38),
@@ -421,6 +446,298 @@ def _degrade(image: Image.Image, rng: random.Random) -> Image.Image:
     return image
 
 
+# --- the shifted style --------------------------------------------------------------------
+
+_DOT_FONT = {  # 5x7 dot-matrix digits, top row first
+    "0": (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
+    "1": ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),
+    "2": (".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"),
+    "3": ("#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."),
+    "4": ("...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."),
+    "5": ("#####", "#....", "####.", "....#", "....#", "#...#", ".###."),
+    "6": ("..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."),
+    "7": ("#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."),
+    "8": (".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."),
+    "9": (".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."),
+}
+_STROKES = {  # one pen stroke per digit, in a unit box (x right, y down)
+    "0": (
+        (0.5, 0),
+        (0.15, 0.2),
+        (0.1, 0.5),
+        (0.15, 0.8),
+        (0.5, 1),
+        (0.85, 0.8),
+        (0.9, 0.5),
+        (0.85, 0.2),
+        (0.5, 0),
+    ),
+    "1": ((0.3, 0.2), (0.55, 0), (0.55, 1)),
+    "2": ((0.15, 0.2), (0.5, 0), (0.85, 0.2), (0.8, 0.45), (0.15, 1), (0.9, 1)),
+    "3": ((0.15, 0.1), (0.5, 0), (0.85, 0.2), (0.5, 0.48), (0.85, 0.75), (0.5, 1), (0.15, 0.9)),
+    "4": ((0.7, 1), (0.7, 0), (0.1, 0.7), (0.9, 0.7)),
+    "5": ((0.85, 0), (0.2, 0), (0.15, 0.45), (0.6, 0.4), (0.85, 0.65), (0.6, 1), (0.15, 0.9)),
+    "6": (
+        (0.8, 0.05),
+        (0.4, 0.1),
+        (0.15, 0.55),
+        (0.25, 0.95),
+        (0.6, 1),
+        (0.85, 0.75),
+        (0.6, 0.5),
+        (0.2, 0.6),
+    ),
+    "7": ((0.1, 0), (0.9, 0), (0.4, 1)),
+    "8": (
+        (0.5, 0.5),
+        (0.2, 0.3),
+        (0.5, 0),
+        (0.8, 0.25),
+        (0.5, 0.5),
+        (0.15, 0.75),
+        (0.5, 1),
+        (0.85, 0.75),
+        (0.5, 0.5),
+    ),
+    "9": ((0.8, 0.4), (0.4, 0.5), (0.15, 0.25), (0.45, 0), (0.8, 0.15), (0.85, 0.5), (0.6, 1)),
+}
+# How often each shifted effect is applied (tuned so the demo model lands near 80-95 %).
+P_OCCLUDE = 0.2
+P_DIRT = 0.35
+LIGHTS = {"night": 0.12, "flash": 0.2, "day": 0.68}  # kind -> weight
+
+
+def shifted_rng(seed: int, index: int) -> random.Random:
+    """The look of shifted image ``index`` of set ``seed``: a stream apart from image_rng's."""
+    return random.Random(f"meter-shifted:{seed}:{index}")
+
+
+def check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ConfigError(f"unknown synthetic style {style!r}: one of {', '.join(STYLES)}")
+
+
+def render_shifted(spec: MeterSpec, rng: random.Random) -> Image.Image:
+    """``spec`` in the shifted style: other digit shapes and dial, a steep tilt, maybe an
+    occluder, night / flash / day light, maybe dirty glass, then the usual blur and noise."""
+    width, height = spec.size[0] * 2, spec.size[1] * 2
+    colour = _jitter(rng, HOUSING_RGB[spec.housing_colour], 10)
+    box = _housing_box(rng, spec.meter_type, (width, height), False)
+    layer = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    _draw_housing(draw, rng, spec.meter_type, box, colour)
+    drawers = {"digital": _draw_dot_matrix, "rotary": _draw_hand_wheels, "analog": _draw_dial}
+    drawers[spec.meter_type](draw, rng, spec, box)
+    if rng.random() < P_OCCLUDE:  # drawn on the meter's layer: it tilts with the meter
+        _occlude(draw, rng, box)
+    photo = _background(rng, (width, height), False)
+    photo.alpha_composite(_steep_warp(layer, rng))
+    # light and dirt at the final size: smooth fields, and noise that no resize averages away
+    image = photo.convert("RGB").resize(spec.size, Image.Resampling.LANCZOS)
+    image = _shifted_light(image, rng)
+    if rng.random() < P_DIRT:
+        image = _dirty_glass(image, rng)
+    return _degrade(image, rng)
+
+
+def _draw_dot_matrix(
+    draw: ImageDraw.ImageDraw, rng: random.Random, spec: MeterSpec, box: tuple[int, int, int, int]
+) -> None:
+    """Digits as 5x7 dots (round or square), the unlit dots faintly visible as on a real panel."""
+    background, lit = DISPLAYS[spec.display]
+    ghost = tuple((3 * b + c) // 4 for b, c in zip(background, lit, strict=True))
+    band = _band(box, rng)
+    draw.rectangle(band, fill=background, outline=(20, 20, 20), width=2)
+    pad = (band[3] - band[1]) * 0.14
+    cell = (band[2] - band[0] - 2 * pad) / len(spec.digits)
+    dot = min(cell * 0.8 / 5, (band[3] - band[1] - 2 * pad) / 7)
+    shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+    y0 = (band[1] + band[3] - 7 * dot) / 2
+    for n, digit in enumerate(spec.digits):
+        x0 = band[0] + pad + n * cell + (cell - 5 * dot) / 2
+        for row, bits in enumerate(_DOT_FONT[digit]):
+            for column, bit in enumerate(bits):
+                x, y = x0 + column * dot, y0 + row * dot
+                xy = (x + dot * 0.12, y + dot * 0.12, x + dot * 0.88, y + dot * 0.88)
+                shape(xy, fill=lit if bit == "#" else ghost)
+
+
+def _draw_hand_wheels(
+    draw: ImageDraw.ImageDraw, rng: random.Random, spec: MeterSpec, box: tuple[int, int, int, int]
+) -> None:
+    """Number wheels in other colours, their digits pen strokes instead of a typeface."""
+    band = _band(box, rng)
+    draw.rectangle(band, fill=(18, 18, 18))
+    # cream, aluminium, brown: the dark wheels are the hardest for the demo model, so rarer
+    wheel_faces = ((236, 222, 190), (196, 198, 204), (70, 45, 32))
+    face = rng.choices(wheel_faces, weights=(4, 3, 1))[0]
+    ink = (30, 25, 20) if face[0] > 128 else (240, 230, 200)
+    red_last = rng.random() < 0.35  # the fractional wheel, as many real registers have
+    cell = (band[2] - band[0]) / len(spec.digits)
+    height = band[3] - band[1]
+    for n, digit in enumerate(spec.digits):
+        if red_last and n == len(spec.digits) - 1:
+            face, ink = (190, 40, 35), (245, 240, 230)
+        x0 = band[0] + n * cell + max(1, cell * 0.08)
+        x1 = band[0] + (n + 1) * cell - max(1, cell * 0.08)
+        draw.rectangle((x0, band[1] + 2, x1, band[3] - 2), fill=face)
+        shift = height * rng.uniform(-0.15, 0.15)  # wheels rest a little off-centre
+        top, bottom = band[1] + height * 0.22 + shift, band[3] - height * 0.22 + shift
+        _stroke_digit(draw, rng, digit, (x0 + cell * 0.15, top, x1 - cell * 0.15, bottom), ink)
+        # the drum curves away at top and bottom
+        draw.rectangle((x0, band[1] + 2, x1, band[1] + height * 0.15), fill=_shade(face))
+        draw.rectangle((x0, band[3] - height * 0.15, x1, band[3] - 2), fill=_shade(face))
+
+
+def _stroke_digit(
+    draw: ImageDraw.ImageDraw,
+    rng: random.Random,
+    digit: str,
+    box: tuple[float, float, float, float],
+    ink: tuple[int, int, int],
+) -> None:
+    """One digit as a wobbly pen stroke: each point of its path moved a little at random."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    points = [
+        (x0 + (x + rng.uniform(-0.06, 0.06)) * w, y0 + (y + rng.uniform(-0.04, 0.04)) * h)
+        for x, y in _STROKES[digit]
+    ]
+    draw.line(points, fill=ink, width=max(2, int(w * 0.16)), joint="curve")
+
+
+def _draw_dial(
+    draw: ImageDraw.ImageDraw, rng: random.Random, spec: MeterSpec, box: tuple[int, int, int, int]
+) -> None:
+    """A round dial of another make: coloured zones, dot ticks, a tapered needle."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    radius = (box[2] - box[0]) / 2 * rng.uniform(0.72, 0.84)
+    face = rng.choice(((250, 250, 250), (222, 232, 244), (236, 214, 160)))
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=face)
+    ring = radius * 0.86
+    zones = ((-135, 45, (60, 170, 70)), (45, 90, (240, 190, 30)), (90, 135, (210, 40, 40)))
+    for start, end, rgb in zones:  # PIL's arc: 0 = 3 o'clock; ours: 0 = straight up
+        arc_box = (cx - ring, cy - ring, cx + ring, cy + ring)
+        draw.arc(arc_box, start - 90, end - 90, fill=rgb, width=max(2, int(radius * 0.1)))
+    for step in range(11):
+        angle = math.radians(-135 + step * 27)
+        x, y = cx + math.sin(angle) * radius * 0.68, cy - math.cos(angle) * radius * 0.68
+        r = radius * 0.045
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(30, 30, 30))
+    needle = rng.choice(((20, 20, 20), (200, 30, 30), (30, 60, 160)))
+    angle = math.radians(spec.needle_angle)
+    sx, sy, half = math.sin(angle), -math.cos(angle), radius * 0.06
+    tip = (cx + sx * radius * 0.8, cy + sy * radius * 0.8)
+    tail = (cx - sx * radius * 0.15, cy - sy * radius * 0.15)
+    base = [(tail[0] - sy * half, tail[1] + sx * half), (tail[0] + sy * half, tail[1] - sx * half)]
+    draw.polygon([tip, *base], fill=needle)
+    cap = radius * 0.07
+    draw.ellipse((cx - cap, cy - cap, cx + cap, cy + cap), fill=needle)
+
+
+def _occlude(draw: ImageDraw.ImageDraw, rng: random.Random, box: tuple[int, int, int, int]) -> None:
+    """An opaque object over 10-30 % of the meter, entering from one side: a finger, a pipe
+    or a paper tag. Never all of it, so the meter type stays recognisable."""
+    left, top, right, bottom = box
+    w, h = right - left, bottom - top
+    share = rng.uniform(0.10, 0.30)  # of the housing box's area
+    kind = rng.choice(("finger", "pipe", "tag"))
+    fill = {"finger": (214, 168, 140), "pipe": (120, 124, 128), "tag": (238, 232, 210)}[kind]
+    along = 1.0 if kind == "pipe" else rng.uniform(max(0.35, share), 0.8)  # of the side
+    depth = share / along  # of the other dimension
+    side = rng.choice(("left", "right", "top", "bottom"))
+    if side in ("left", "right"):
+        y0 = top + (h - along * h) * rng.uniform(0, 1)
+        x0 = left if side == "left" else right - depth * w
+        xy = (x0, y0, x0 + depth * w, y0 + along * h)
+    else:
+        x0 = left + (w - along * w) * rng.uniform(0, 1)
+        y0 = top if side == "top" else bottom - depth * h
+        xy = (x0, y0, x0 + along * w, y0 + depth * h)
+    radius = int(min(xy[2] - xy[0], xy[3] - xy[1]) * (0.45 if kind == "finger" else 0.05))
+    draw.rounded_rectangle(xy, radius, fill=(*_jitter(rng, fill, 12), 255))
+
+
+def _steep_warp(layer: Image.Image, rng: random.Random) -> Image.Image:
+    """Shot from the side: a larger rotation and one edge pulled in far more than _warp's
+    8 %, the meter shrinking (not cut off) towards that edge."""
+    layer = layer.rotate(rng.uniform(-20, 20), resample=Image.Resampling.BICUBIC)
+    width, height = layer.size
+    d = rng.uniform(0.12, 0.25)
+    corners = [(0, 0), (width, 0), (width, height), (0, height)]
+    side = rng.choice(((0, 3), (1, 2), (0, 1), (2, 3)))  # this edge's corners: left, right, ...
+    vertical = side in ((0, 3), (1, 2))  # a left / right edge: its corners move up / down
+    moved: list[tuple[float, float]] = []
+    for i, (x, y) in enumerate(corners):
+        # the edge's source corners pushed outwards: that edge shows more, smaller
+        push = d if i in side else 0.0
+        dx = 0.0 if vertical else (1 if x else -1) * push * width
+        dy = (1 if y else -1) * push * height if vertical else 0.0
+        moved.append((x + dx + rng.uniform(-0.04, 0.04) * width, y + dy))
+    return layer.transform(
+        layer.size,
+        Image.Transform.PERSPECTIVE,
+        _perspective(moved, corners),
+        Image.Resampling.BICUBIC,
+    )
+
+
+def _shifted_light(image: Image.Image, rng: random.Random) -> Image.Image:
+    kind = rng.choices(tuple(LIGHTS), weights=tuple(LIGHTS.values()))[0]
+    if kind == "night":
+        return _night(image, rng)
+    if kind == "flash":
+        return _flash(image, rng)
+    return _light_and_glare(image, rng)
+
+
+def _night(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Dark: low gain, a blue cast (street lamp, phone night mode), heavy sensor noise."""
+    array: np.ndarray = np.asarray(image, dtype=np.float32)
+    cast = np.array([rng.uniform(0.85, 0.95), rng.uniform(0.92, 1.0), rng.uniform(1.04, 1.12)])
+    array = array * rng.uniform(0.55, 0.8) * cast.astype(np.float32) + rng.uniform(2, 10)
+    np_rng = np.random.default_rng(rng.getrandbits(32))
+    sigma = rng.uniform(3, 7)
+    luma = np_rng.normal(0, sigma, (*array.shape[:2], 1))  # grain shared by the channels
+    array = array + luma + np_rng.normal(0, sigma / 2, array.shape)
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def _flash(image: Image.Image, rng: random.Random) -> Image.Image:
+    """On-camera flash: a blown-out hotspot near the centre, the edges falling off to dark."""
+    width, height = image.size
+    array: np.ndarray = np.asarray(image, dtype=np.float32)
+    xs = np.linspace(-1, 1, width, dtype=np.float32)[None, :] - rng.uniform(-0.2, 0.2)
+    ys = np.linspace(-1, 1, height, dtype=np.float32)[:, None] - rng.uniform(-0.2, 0.2)
+    r2 = xs**2 + ys**2
+    spread = rng.uniform(0.25, 0.5)
+    gain = rng.uniform(0.35, 0.55) + rng.uniform(0.7, 1.1) * np.exp(-r2 / spread)
+    hotspot = rng.uniform(50, 130) * np.exp(-r2 / (spread * 0.12))
+    array = array * gain[:, :, None] + hotspot[:, :, None]
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def _dirty_glass(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Dirty glass in front: soft, semi-transparent brownish smudges and dust specks."""
+    width, height = image.size
+    mask = Image.new("L", image.size, 0)
+    draw = ImageDraw.Draw(mask)
+    for _ in range(rng.randint(3, 8)):
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        rx, ry = rng.uniform(0.05, 0.25) * width, rng.uniform(0.05, 0.25) * height
+        draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=rng.randint(90, 220))
+    mask = mask.filter(ImageFilter.GaussianBlur(width * 0.05))
+    alpha = np.asarray(mask, dtype=np.float32)[:, :, None] / 255 * rng.uniform(0.35, 0.7)
+    dirt = np.array(_jitter(rng, (170, 155, 125), 25), dtype=np.float32)
+    array = np.asarray(image, dtype=np.float32) * (1 - alpha) + dirt * alpha
+    smudged = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    specks = ImageDraw.Draw(smudged)
+    for _ in range(rng.randint(20, 120)):
+        x, y, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.3, 1.2)
+        specks.ellipse((x - r, y - r, x + r, y + r), fill=(rng.randint(40, 230),) * 3)
+    return smudged
+
+
 _EN_DISPLAY = {
     "lcd": ("LCD", "grey-green LCD", "liquid crystal digits"),
     "led-red": ("red LED digits", "red LEDs", "glowing red digits"),
@@ -512,12 +829,20 @@ TRUTH_COLUMNS = ("file", "meter_type", "housing_colour", "display", "digits", "n
 
 
 def render_one(
-    seed: int, index: int, captions_per_image: int
+    seed: int, index: int, captions_per_image: int, style: Style = "standard"
 ) -> tuple[str, bytes, list[str], MeterSpec]:
-    """Image ``index`` of set ``seed``: (file name, encoded bytes, captions, spec)."""
+    """Image ``index`` of set ``seed`` in ``style``: (file name, encoded bytes, captions, spec).
+
+    Both styles draw the spec from image_rng(seed, index), so image i shows the same meter
+    in both; the shifted look and its captions then come from shifted_rng(seed, index)."""
+    check_style(style)
     rng = image_rng(seed, index)
     spec = sample_spec(rng, METER_TYPES[index % len(METER_TYPES)])
-    image = render(spec, rng)
+    if style == "shifted":
+        rng = shifted_rng(seed, index)
+        image = render_shifted(spec, rng)
+    else:  # the standard path draws exactly what it always drew (the demo model's data)
+        image = render(spec, rng)
     buffer = io.BytesIO()
     if spec.jpeg_quality:
         image.save(buffer, "JPEG", quality=spec.jpeg_quality)
@@ -528,7 +853,7 @@ def render_one(
     return name, buffer.getvalue(), captions(spec, rng, captions_per_image), spec
 
 
-def _render_star(args: tuple[int, int, int]) -> tuple[str, bytes, list[str], MeterSpec]:
+def _render_star(args: tuple[int, int, int, Style]) -> tuple[str, bytes, list[str], MeterSpec]:
     return render_one(*args)
 
 
@@ -539,14 +864,17 @@ def write_synthetic_set(
     captions_per_image: int = 2,
     workers: int = 1,
     progress: bool = False,
+    style: Style = "standard",
 ) -> SyntheticSet:
-    """Render ``count`` meters into out_dir/images plus captions.csv and truth.csv."""
+    """Render ``count`` meters in ``style`` into out_dir/images plus captions.csv and
+    truth.csv (the same truth for both styles of one seed)."""
+    check_style(style)  # before anything is written
     images = out_dir / "images"
     if images.is_dir() and any(images.iterdir()):
         # older renders would stay beside the new set, in no CSV but picked up by encode
         raise ConfigError(f"{images} is not empty: synth writes a whole set into a new folder")
     images.mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, index, captions_per_image) for index in range(count)]
+    jobs = [(seed, index, captions_per_image, style) for index in range(count)]
     captions_csv, truth_csv = out_dir / "captions.csv", out_dir / "truth.csv"
     with (
         captions_csv.open("w", encoding="utf-8", newline="") as cap_handle,

@@ -16,11 +16,13 @@ from meter_batch.tools.synthetic import (
     HOUSING_COLOURS,
     HOUSING_RGB,
     METER_TYPES,
+    STYLES,
     TYPE_TERMS,
     MeterSpec,
     captions,
     image_rng,
     render,
+    render_one,
     sample_spec,
     write_synthetic_set,
 )
@@ -145,3 +147,54 @@ def test_synth_refuses_a_folder_with_older_images(tmp_path: Path) -> None:
     write_synthetic_set(tmp_path / "s", 3, seed=0)
     with pytest.raises(ConfigError, match="not empty"):
         write_synthetic_set(tmp_path / "s", 2, seed=1)
+
+
+def test_the_standard_style_is_the_default_and_unchanged() -> None:
+    for index in (0, 1, 2, 7):
+        assert render_one(3, index, 2, style="standard") == render_one(3, index, 2)
+    # the captions come after every draw of the render: an extra or reordered draw anywhere
+    # on the standard path changes them (pinned from the renderer the demo model learnt on)
+    pinned = [
+        ("000000.jpg", ["utility meter: LCD display", "電子式メーター、白いケース、数字は9732"]),
+        ("000001.jpg", ["a photo of a mechanical counter, blue casing", "rotary counter"]),
+        ("000002.png", ["設置されたアナログ式の丸型メーター", "a photo of a circular gauge"]),
+    ]
+    assert [render_one(3, i, 2)[::2] for i in range(3)] == pinned
+
+
+def test_shifted_renders_depend_on_seed_and_index_and_differ_from_standard() -> None:
+    for index in range(6):
+        name, data, texts, spec = render_one(3, index, 2, style="shifted")
+        assert render_one(3, index, 2, style="shifted") == (name, data, texts, spec)
+        standard = render_one(3, index, 2)
+        # the same meter (so the same truth row), drawn in another look
+        assert spec == standard[3] and name == standard[0] and data != standard[1]
+        assert data != render_one(4, index, 2, style="shifted")[1]
+        assert all(_mentions(text, spec.meter_type) for text in texts)
+
+
+def test_a_shifted_set_is_written_in_any_number_of_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meter_batch.cli import main
+
+    one = write_synthetic_set(tmp_path / "a", 6, seed=2, style="shifted")
+    command = ["synth", str(tmp_path / "b"), "--count", "6", "--seed", "2", "--workers", "2"]
+    assert main([*command, "--style", "shifted"]) == 0
+    assert '"images": 6' in capsys.readouterr().out
+    rendered = [render_one(2, i, 2, style="shifted") for i in range(6)]
+    assert _files(one.images_dir) == {name: data for name, data, _, _ in rendered}
+    assert _files(one.images_dir) == _files(tmp_path / "b" / "images")
+    standard = write_synthetic_set(tmp_path / "c", 6, seed=2)  # the same meters: same truth
+    assert standard.truth_csv.read_text() == one.truth_csv.read_text()
+
+
+def test_an_unknown_style_is_a_config_error(tmp_path: Path) -> None:
+    from meter_batch.errors import ConfigError
+
+    assert STYLES == ("standard", "shifted")
+    with pytest.raises(ConfigError, match="standard, shifted"):
+        render_one(0, 0, 1, style="night")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'night'"):
+        write_synthetic_set(tmp_path / "s", 2, seed=0, style="night")  # type: ignore[arg-type]
+    assert not (tmp_path / "s").exists()  # refused before anything is written
