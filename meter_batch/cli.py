@@ -581,15 +581,23 @@ def _run_job(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from meter_batch.store.layout import CATALOG
     from meter_batch.tools.demo import HELD_OUT_SEED, run_demo
+    from meter_batch.tools.demo_shifted import STORE, shifted_table
 
     settings = _from_args(DemoSettings, args)
-    results = run_demo(settings)
+    result = run_demo(settings)
     store = settings.dir / "store"
     print(f"\n{settings.count} held-out synthetic meters (seed {HELD_OUT_SEED}), shipped model")
-    for result in results:
+    for confusion in result.confusions:
         print(
-            f"\nlabel set {result.label_set}: accuracy {result.accuracy:.1%} "
-            f"({result.total} images)\n{result.table()}"
+            f"\nlabel set {confusion.label_set}: accuracy {confusion.accuracy:.1%} "
+            f"({confusion.total} images)\n{confusion.table()}"
+        )
+    if result.shifted is not None:
+        shifted = result.shifted
+        print(
+            f"\n{shifted.images} of the same meters drawn in a style the model never saw "
+            f"(synth --style shifted), evaluated on {settings.dir / STORE}; few-shot examples "
+            "and the calibration images are other renders:\n" + shifted_table(shifted)
         )
     print(
         f"\nstore:  {store}  (DuckDB catalog: {store / CATALOG})\n"

@@ -315,6 +315,10 @@ class DemoSettings:
         "held-out images (one of each meter type at least)", default=600, minimum=3
     )
     workers: int = setting("decoders", factory=default_workers, minimum=0)
+    standard_only: bool = setting(
+        "skip the style-shifted half (zero-shot against few-shot and calibrated sets)",
+        default=False,
+    )
 
 
 @settings

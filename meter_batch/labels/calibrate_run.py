@@ -4,7 +4,8 @@ write the fitted set as a new file (a new version).
 truth -> stored vectors -> cosines with the version's label matrix -> k-fold: fit on
 k-1 folds, score the held-out one -> before / after figures on held-out rows only (never
 fitted and reported on the same rows) -> the fit on every row -> the new label-set file.
-Nothing is committed: classify the written file to use it.
+Nothing is committed but the vectors of example files outside the store that it had to
+encode (so that no later command encodes them again): classify the written file to use it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ import numpy as np
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ConfigError
 from meter_batch.labels.calibration import fit_scale, fit_thresholds, folds, softmax
-from meter_batch.labels.evaluate_run import check_truth_labels, truth_in_store, version_head
+from meter_batch.labels.evaluate_run import (
+    check_truth_labels,
+    commit_examples,
+    truth_in_store,
+    version_head,
+)
+from meter_batch.labels.examples import ExampleCache
 from meter_batch.labels.label_sets import LabelSet, label_set_toml, load_label_set
 from meter_batch.labels.metrics import Evaluation, evaluate_probs
 from meter_batch.labels.truth import read_truth
-from meter_batch.store.commit import open_store
+from meter_batch.store.catalog import refresh_catalog
+from meter_batch.store.commit import locked, next_manifest, open_existing, open_store
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,8 @@ def calibrate(
     _check_settings(out, labels_file, target_precision, k)
     store = open_store(store_root)
     found, _ = truth_in_store(store, truth)
-    version = version_head(store, label_set, model)
+    cache = ExampleCache(store)
+    version = version_head(store, label_set, model, cache)
     scored = found.without(version.example_ids)  # a head is not calibrated on its examples
     if len(scored.labels) < 2 * k:
         raise ConfigError(
@@ -69,6 +78,11 @@ def calibrate(
     after = _held_out(label_set, cosines, truth_index, target_precision, k)
     fitted = _fit(cosines, truth_index, target_precision)
     out.write_text(label_set_toml(_fitted_set(label_set, fitted)), encoding="utf-8")
+    if cache.fresh:  # example files encoded for this fit: kept, so no command redoes them
+        with locked(store_root) as lock:
+            store = open_existing(store_root, lock)
+            commit_examples(store, next_manifest(store), cache)
+            refresh_catalog(store)
     return CalibrationReport(label_set.name, len(truth_index), k, before, after, fitted, str(out))
 
 

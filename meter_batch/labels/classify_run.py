@@ -17,7 +17,12 @@ from typing import Any
 import pyarrow.compute as pc
 
 from meter_batch.config import ModelSpec
-from meter_batch.labels.examples import LocatedExamples, example_version, few_shot_head
+from meter_batch.labels.examples import (
+    ExampleCache,
+    LocatedExamples,
+    example_version,
+    few_shot_head,
+)
 from meter_batch.labels.few_shot import describe
 from meter_batch.labels.head import Head, text_head
 from meter_batch.labels.label_sets import LabelSet, load_label_set
@@ -146,7 +151,9 @@ def _new_version(
     text, scale = label_matrix(loaded, label_set), resolve_scale(loaded, label_set)
     few_shot = None
     if located is not None:
-        few_shot = few_shot_head(store, label_set, located, text, scale, lambda: loaded)
+        few_shot = few_shot_head(
+            ExampleCache(store), label_set, located, text, scale, lambda: loaded
+        )
     head = few_shot.head if few_shot is not None else text_head(text)
     prompts = [list(label.prompts) for label in label_set.labels]
     relpath = write_label_matrix(

@@ -12,7 +12,7 @@ examples are left out of its figures: a head is not judged on what it learned fr
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,18 +21,24 @@ import numpy as np
 
 from meter_batch.config import ModelSpec
 from meter_batch.errors import ConfigError, InputError
-from meter_batch.labels.examples import example_image_ids, example_version, few_shot_head
+from meter_batch.labels.examples import (
+    ExampleCache,
+    example_image_ids,
+    example_version,
+    few_shot_head,
+)
 from meter_batch.labels.head import Head, text_head
 from meter_batch.labels.label_sets import LabelSet, load_label_set
 from meter_batch.labels.metrics import Evaluation, evaluate_probs
-from meter_batch.labels.predictions import read_head
+from meter_batch.labels.predictions import read_head, write_example_vectors
 from meter_batch.labels.scoring import label_matrix, resolve_scale
 from meter_batch.labels.truth import Truth, read_truth
 from meter_batch.model.loading import load_verified
 from meter_batch.store.catalog import refresh_catalog
 from meter_batch.store.commit import Store, commit, locked, next_manifest, open_existing, open_store
+from meter_batch.store.layout import new_run_id
 from meter_batch.store.read import live_ids_of_paths, vectors_of
-from meter_batch.store.records import EvaluationRecord
+from meter_batch.store.records import EvaluationRecord, Manifest
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,10 @@ def evaluate(
         check_truth_labels(path, label_set, truth)
     store = open_store(store_root)
     scored, missing = truth_in_store(store, truth)
-    sets = tuple(_evaluate_set(store, label_set, scored, model) for label_set in label_sets)
+    cache = ExampleCache(store)  # example files encoded for one set serve the next
+    sets = tuple(_evaluate_set(store, s, scored, model, cache) for s in label_sets)
     report = EvaluateReport(str(truth_file), len(truth.keys), missing, sets)
-    _record(store_root, truth, report)
+    _record(store_root, truth, report, cache)
     return report
 
 
@@ -124,9 +131,13 @@ def truth_in_store(store: Store, truth: Truth) -> tuple[TruthVectors, tuple[str 
 
 
 def _evaluate_set(
-    store: Store, label_set: LabelSet, truth: TruthVectors, model: ModelSpec | None
+    store: Store,
+    label_set: LabelSet,
+    truth: TruthVectors,
+    model: ModelSpec | None,
+    cache: ExampleCache,
 ) -> SetEvaluation:
-    found = version_head(store, label_set, model)
+    found = version_head(store, label_set, model, cache)
     scored = truth.without(found.example_ids)
     if not scored.labels:
         raise InputError(
@@ -167,7 +178,10 @@ class VersionHead:
     example_ids: frozenset[int]  # live images whose bytes are among the set's examples
 
 
-def version_head(store: Store, label_set: LabelSet, model: ModelSpec | None) -> VersionHead:
+def version_head(
+    store: Store, label_set: LabelSet, model: ModelSpec | None, cache: ExampleCache
+) -> VersionHead:
+    """Example files it encodes stay in ``cache.fresh`` for the caller to commit."""
     version, located = example_version(store, label_set)
     example_ids = frozenset() if located is None else example_image_ids(store, located)
     entry = store.manifest.label_set(version)
@@ -178,7 +192,7 @@ def version_head(store: Store, label_set: LabelSet, model: ModelSpec | None) -> 
     text, scale = label_matrix(loaded, label_set), resolve_scale(loaded, label_set)
     head = text_head(text)
     if located is not None:
-        head = few_shot_head(store, label_set, located, text, scale, lambda: loaded).head
+        head = few_shot_head(cache, label_set, located, text, scale, lambda: loaded).head
     return VersionHead(version, head, scale, False, example_ids)
 
 
@@ -190,14 +204,23 @@ def probabilities(vectors: np.ndarray, head: Head, scale: float) -> np.ndarray:
     return np.asarray(exp / exp.sum(axis=1, keepdims=True))
 
 
-def _record(store_root: Path, truth: Truth, report: EvaluateReport) -> None:
+def _record(store_root: Path, truth: Truth, report: EvaluateReport, cache: ExampleCache) -> None:
     now = datetime.now(UTC).isoformat(timespec="microseconds")
     records = [_evaluation_record(s, truth, now) for s in report.sets]
     with locked(store_root) as lock:
         store = open_existing(store_root, lock)
         manifest = next_manifest(store, evaluations=(*store.manifest.evaluations, *records))
-        commit(store, manifest, [], None)
+        commit_examples(store, manifest, cache)
         refresh_catalog(store)
+
+
+def commit_examples(store: Store, manifest: Manifest, cache: ExampleCache) -> None:
+    """Commit ``manifest`` with the example files this command encoded, if any."""
+    staged = []
+    if cache.fresh:
+        staged.append(write_example_vectors(store, new_run_id(), cache.fresh))
+        manifest = replace(manifest, example_parts=(*manifest.example_parts, *staged))
+    commit(store, manifest, staged, None)
 
 
 def _evaluation_record(result: SetEvaluation, truth: Truth, now: str) -> EvaluationRecord:

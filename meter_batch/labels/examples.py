@@ -24,7 +24,7 @@ from meter_batch.errors import ConfigError, InputError
 from meter_batch.labels.few_shot import Examples, describe, fit_head
 from meter_batch.labels.head import Head
 from meter_batch.labels.label_sets import LabelSet, normal_text
-from meter_batch.labels.predictions import StoredExamples, read_examples
+from meter_batch.labels.predictions import StoredExamples, read_example_vectors, read_examples
 from meter_batch.model.encoder import ImageEncoder, plan_device
 from meter_batch.model.loading import LoadedModel
 from meter_batch.store.commit import Store
@@ -163,6 +163,53 @@ def _add_once(found: dict[bytes, Example], example: Example, label_set: LabelSet
         )
 
 
+class ExampleCache:
+    """Example vectors by content hash: what the store knows (stored images, earlier
+    versions' examples files, earlier commands' example parts) and what this command
+    encoded, which its commit keeps (``fresh``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.fresh: dict[bytes, tuple[str, np.ndarray]] = {}  # hash -> (ref, float16)
+
+    def known(self, located: LocatedExamples) -> dict[bytes, np.ndarray]:
+        hashes = {e.content_hash for e in located.items}
+        known = _stored_vectors(self.store, located)
+        known |= {h: v for h, (_, v) in self.fresh.items() if h in hashes}
+        for path in self._earlier_files():
+            if hashes <= set(known):
+                break
+            for h, vector in _vectors_in(path).items():
+                if h in hashes:
+                    known.setdefault(h, vector)
+        return known
+
+    def _earlier_files(self) -> list[Path]:
+        manifest = self.store.manifest
+        relpaths = [e.examples for e in manifest.label_sets if e.examples is not None]
+        return [self.store.checked(p) for p in [*relpaths, *manifest.example_parts]]
+
+
+def _vectors_in(path: Path) -> dict[bytes, np.ndarray]:
+    if path.name.startswith("examples-"):  # an example part; else a version's examples
+        return read_example_vectors(path)
+    earlier = read_examples(path)
+    return dict(zip(earlier.content_hashes, earlier.vectors, strict=True))
+
+
+def _stored_vectors(store: Store, located: LocatedExamples) -> dict[bytes, np.ndarray]:
+    """Vectors of the live images named by path or holding an example's bytes."""
+    hashes = sorted({e.content_hash for e in located.items})
+    wanted = {
+        ref.content_hash: ref.image_id
+        for ref in live_refs_of(store, "content_hash", hashes).values()
+    }
+    wanted |= {e.content_hash: e.image_id for e in located.items if e.image_id is not None}
+    ids, vectors = vectors_of(store, sorted(set(wanted.values())))
+    row_of = {int(image_id): row for row, image_id in enumerate(ids)}
+    return {h: vectors[row_of[i]].astype(np.float16) for h, i in wanted.items() if i in row_of}
+
+
 @dataclass(frozen=True)
 class ExampleVectors:
     examples: StoredExamples
@@ -170,16 +217,18 @@ class ExampleVectors:
 
 
 def example_vectors(
-    store: Store, located: LocatedExamples, load_model: Callable[[], LoadedModel]
+    cache: ExampleCache, located: LocatedExamples, load_model: Callable[[], LoadedModel]
 ) -> ExampleVectors:
     """Every example's vector: stored, known from earlier, or (only then) encoded now."""
-    known = _known_vectors(store, located)
+    known = cache.known(located)
     todo = [e for e in located.items if e.content_hash not in known]
     if todo:
         files = [e.file for e in todo if e.file is not None]  # a stored one is always known
         log.info("encoding %d example image(s) that are not in the store (once)", len(files))
         vectors = encode_files(load_model(), files)
-        known.update(zip([e.content_hash for e in todo], vectors, strict=True))
+        for example, vector in zip(todo, vectors, strict=True):
+            known[example.content_hash] = vector
+            cache.fresh[example.content_hash] = (example.ref, vector)
     items = located.items
     stored = StoredExamples(
         vectors=np.stack([known[e.content_hash] for e in items]).astype(np.float16),
@@ -189,26 +238,6 @@ def example_vectors(
         refs=tuple(e.ref for e in items),
     )
     return ExampleVectors(stored, len(todo))
-
-
-def _known_vectors(store: Store, located: LocatedExamples) -> dict[bytes, np.ndarray]:
-    """Vectors by content hash: of stored images (by path, then by bytes), then of
-    earlier versions' examples."""
-    hashes = {e.content_hash for e in located.items}
-    by_bytes = live_refs_of(store, "content_hash", sorted(hashes))
-    wanted = {ref.content_hash: ref.image_id for ref in by_bytes.values()}
-    wanted |= {e.content_hash: e.image_id for e in located.items if e.image_id is not None}
-    ids, vectors = vectors_of(store, sorted(set(wanted.values())))
-    row_of = {int(image_id): row for row, image_id in enumerate(ids)}
-    known = {h: vectors[row_of[i]] for h, i in wanted.items() if i in row_of}
-    for entry in store.manifest.label_sets:
-        if entry.examples is None or hashes <= set(known):
-            continue
-        earlier = read_examples(store.checked(entry.examples))
-        for h, vector in zip(earlier.content_hashes, earlier.vectors, strict=True):
-            if h in hashes:
-                known.setdefault(h, vector.astype(np.float32))
-    return known
 
 
 def encode_files(loaded: LoadedModel, files: list[Path], role: str = "example") -> list[np.ndarray]:
@@ -250,7 +279,7 @@ class FewShotHead:
 
 
 def few_shot_head(
-    store: Store,
+    cache: ExampleCache,
     label_set: LabelSet,
     located: LocatedExamples,
     text: np.ndarray,
@@ -258,7 +287,7 @@ def few_shot_head(
     load_model: Callable[[], LoadedModel],
 ) -> FewShotHead:
     """The examples' vectors, then the head of the set's mode fitted to them."""
-    found = example_vectors(store, located, load_model)
+    found = example_vectors(cache, located, load_model)
     vectors = found.examples.vectors.astype(np.float32)
     fitted = fit_head(label_set.mode, text, Examples(vectors, found.examples.labels), scale)
     fit = replace(fitted.fit, encoded=found.encoded)

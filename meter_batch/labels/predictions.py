@@ -17,7 +17,12 @@ from meter_batch import faults
 from meter_batch.labels.head import Cache, Head
 from meter_batch.store.commit import Store, staged_path, write_error, write_parquet_staged
 from meter_batch.store.integrity import reading
-from meter_batch.store.layout import label_examples_file, label_matrix_file, prediction_part
+from meter_batch.store.layout import (
+    example_vectors_part,
+    label_examples_file,
+    label_matrix_file,
+    prediction_part,
+)
 from meter_batch.store.read import read_columns
 from meter_batch.store.records import LabelSetEntry
 from meter_batch.store.schema import CONTENT_HASH_BYTES
@@ -167,6 +172,30 @@ def read_examples(path: Path) -> StoredExamples:
         image_ids=tuple(table.column("image_id").to_pylist()),
         refs=tuple(table.column("ref").to_pylist()),
     )
+
+
+def write_example_vectors(
+    store: Store, run_id: str, found: dict[bytes, tuple[str, np.ndarray]]
+) -> str:
+    """Stage example files' vectors (content hash -> (path as written, vector)) that a
+    command encoded, for later commands to find."""
+    relpath = example_vectors_part(run_id)
+    hashes = sorted(found)
+    table = pa.table(
+        {
+            "content_hash": pa.array(hashes, pa.binary(CONTENT_HASH_BYTES)),
+            "ref": pa.array([found[h][0] for h in hashes], pa.string()),
+            "embedding": _matrix_column(np.stack([found[h][1] for h in hashes]), np.float16),
+        }
+    )
+    write_parquet_staged(store, table, relpath)
+    return relpath
+
+
+def read_example_vectors(path: Path) -> dict[bytes, np.ndarray]:
+    table = read_columns(path, ["content_hash", "embedding"])
+    hashes = table.column("content_hash").to_pylist()
+    return dict(zip(hashes, _matrix(table.column("embedding")), strict=True))
 
 
 def read_head(store: Store, entry: LabelSetEntry) -> Head:

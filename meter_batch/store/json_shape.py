@@ -144,6 +144,7 @@ _PART_LISTS = {
     "embedding_parts": Folder.EMBEDDINGS,
     "failure_parts": Folder.FAILURES,
     "tombstone_parts": Folder.TOMBSTONES,
+    "example_parts": Folder.LABELSETS,
 }
 
 

@@ -10,6 +10,7 @@ STORE/
   index/<seq>.faiss                 FAISS index of the live embeddings (derived)
   labelsets/<version>.parquet       a label-set version's label matrix (and probe bias)
   labelsets/<version>.examples.parquet  a few-shot version's example vectors
+  labelsets/examples-<run>.parquet  example files evaluate / calibrate encoded
   predictions/<version>/part-<run>-<n>.parquet
   staging/                          files of the commit in progress
   catalog.duckdb, catalog-empty/    the analysts' DuckDB views (derived)
@@ -74,6 +75,10 @@ def label_matrix_file(version: str) -> str:
 
 def label_examples_file(version: str) -> str:
     return f"{Folder.LABELSETS}/{version}.examples{PARQUET_SUFFIX}"
+
+
+def example_vectors_part(run_id: str) -> str:
+    return f"{Folder.LABELSETS}/examples-{run_id}{PARQUET_SUFFIX}"
 
 
 def index_file(seq: int) -> str:

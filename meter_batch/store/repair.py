@@ -166,6 +166,7 @@ def _map_parts(
         embedding_parts=change(manifest.embedding_parts),
         failure_parts=change(manifest.failure_parts),
         tombstone_parts=change(manifest.tombstone_parts),
+        example_parts=change(manifest.example_parts),
     )
 
 

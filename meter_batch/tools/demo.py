@@ -3,7 +3,9 @@
 Held-out renders (a seed never used in training) -> encode with the shipped checkpoint
 -> classify with three label sets (the seed's Japanese labels, an English set phrased
 unlike any training caption, and an attribute set: the housing colour) -> a confusion
-table and the accuracy of each, from the stored embeddings alone.
+table and the accuracy of each, from the stored embeddings alone. Then the same meters
+drawn in a style the model never saw (demo_shifted.py): zero-shot against few-shot and
+calibrated sets, through `evaluate`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from meter_batch.errors import ConfigError
 from meter_batch.ingest.encode_run import RunSummary, encode
 from meter_batch.labels.classify_run import classify
 from meter_batch.store.catalog import run_query
+from meter_batch.tools.demo_shifted import FOLDER, STORE, ShiftedResult, run_shifted
 
 log = logging.getLogger("meter_batch")
 
@@ -88,14 +91,32 @@ def labelsets_folder() -> Path:
         return Path(__file__).resolve().parents[2] / "jobs" / "labelsets"
 
 
-def run_demo(settings: DemoSettings) -> list[Confusion]:
-    """Render, encode, classify with every label set in CHECKS, and score the answers."""
+@dataclass(frozen=True)
+class DemoResult:
+    confusions: list[Confusion]  # the standard held-out set, one per label set in CHECKS
+    shifted: ShiftedResult | None  # None: --standard-only
+
+
+def run_demo(settings: DemoSettings) -> DemoResult:
+    """Render, encode, classify with every label set in CHECKS, and score the answers;
+    then the style-shifted half."""
+    folder = settings.dir
+    _claim(folder)
+    for old in OUTPUTS:  # the demo's own outputs from an earlier run
+        shutil.rmtree(folder / old, ignore_errors=True)
+    confusions = _standard(settings)
+    if settings.standard_only:
+        return DemoResult(confusions, None)
+    log.info("the style-shifted half: zero-shot, few-shot and calibrated label sets")
+    labels = labelsets_folder() / CHECKS[0].file
+    shifted = run_shifted(folder, settings.count, settings.workers, demo_model(), labels)
+    return DemoResult(confusions, shifted)
+
+
+def _standard(settings: DemoSettings) -> list[Confusion]:
     from meter_batch.tools.synthetic import write_synthetic_set
 
     folder, count, workers = settings.dir, settings.count, settings.workers
-    _claim(folder)
-    for old in ("heldout", "store"):  # the demo's own outputs from an earlier run
-        shutil.rmtree(folder / old, ignore_errors=True)
     log.info("rendering %d held-out meters (seed %d) into %s", count, HELD_OUT_SEED, folder)
     rendered = write_synthetic_set(folder / "heldout", count, HELD_OUT_SEED, 1, workers)
     store = folder / "store"
@@ -110,10 +131,13 @@ def run_demo(settings: DemoSettings) -> list[Confusion]:
     return results
 
 
+OUTPUTS = ("heldout", "store", FOLDER, STORE)
+
+
 def _claim(folder: Path) -> None:
-    """The demo rewrites DIR/heldout and DIR/store: only in a folder it made itself."""
+    """The demo rewrites its OUTPUTS under DIR: only in a folder it made itself."""
     ours = folder / MARKER
-    found = [n for n in ("heldout", "store") if (folder / n).exists()]
+    found = [n for n in OUTPUTS if (folder / n).exists()]
     if found and not ours.exists():
         raise ConfigError(
             f"{folder} already holds {' and '.join(found)}, not made by the demo, which "
@@ -123,9 +147,12 @@ def _claim(folder: Path) -> None:
     ours.touch()
 
 
+def demo_model() -> ModelSpec:
+    return ModelSpec(name=str(MODEL_CONFIG), pretrained=str(MODEL_WEIGHTS))
+
+
 def encode_demo(images: Path, store: Path, workers: int) -> RunSummary:
-    model = ModelSpec(name=str(MODEL_CONFIG), pretrained=str(MODEL_WEIGHTS))
-    config = EncodeConfig(images_dir=images, store=store, model=model, workers=workers)
+    config = EncodeConfig(images_dir=images, store=store, model=demo_model(), workers=workers)
     return encode(config, interactive=False)
 
 

@@ -36,7 +36,7 @@ import io
 import math
 import random
 from dataclasses import dataclass
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -879,7 +879,9 @@ def write_synthetic_set(
     with (
         captions_csv.open("w", encoding="utf-8", newline="") as cap_handle,
         truth_csv.open("w", encoding="utf-8", newline="") as truth_handle,
-        Pool(workers) if workers > 1 else _Serial() as pool,
+        # spawned, not forked: a fork after torch has started its thread pools (the demo
+        # renders its shifted sets after encoding) can hang the children for good
+        get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool,
     ):
         cap_writer = csv.writer(cap_handle, delimiter="\t", lineterminator="\n")
         cap_writer.writerow(["filepath", "title"])

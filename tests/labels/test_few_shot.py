@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -166,16 +167,22 @@ def _stored_vectors(store: Path) -> np.ndarray:
     return vectors_of(opened, ids)[1]
 
 
-def test_examples_outside_the_store_are_encoded_once(work, monkeypatch):
-    meters, folder = work
+def _count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many example files each encode_files call got, in order."""
     calls: list[int] = []
     real = examples_module.encode_files
 
-    def counting(loaded, files, role="example"):
+    def counting(loaded: Any, files: list[Path], role: str = "example") -> list[np.ndarray]:
         calls.append(len(files))
         return real(loaded, files, role)
 
     monkeypatch.setattr(examples_module, "encode_files", counting)
+    return calls
+
+
+def test_examples_outside_the_store_are_encoded_once(work, monkeypatch):
+    meters, folder = work
+    calls = _count_encodes(monkeypatch)
     _csv(folder / "examples.csv", [(str(p), label) for p, label in meters.outside])
     first = classify(meters.store, _vague_set(folder, "v", "prototype"), interactive=False)
     assert (first.examples_encoded, calls) == (6, [6])
@@ -187,6 +194,25 @@ def test_examples_outside_the_store_are_encoded_once(work, monkeypatch):
     truth = _csv(folder / "truth.csv", list(meters.test))
     evaluate(meters.store, [_vague_set(folder, "x", "adapter")], truth)  # never classified
     assert calls == [6]
+
+
+def test_example_files_evaluate_encodes_are_kept_for_every_later_command(work, monkeypatch):
+    """evaluate (and calibrate) store nothing of a version they were not asked to
+    classify, but the example files they had to encode are committed, once."""
+    meters, folder = work
+    calls = _count_encodes(monkeypatch)
+    _csv(folder / "examples.csv", [(str(p), label) for p, label in meters.outside])
+    truth = _csv(folder / "truth.csv", list(meters.test))
+    sets = [_vague_set(folder, n, m) for n, m in (("x", "adapter"), ("y", "probe"))]
+    evaluate(meters.store, sets, truth)  # two sets, the same six files
+    assert calls == [6]
+    assert len(open_store(meters.store).manifest.example_parts) == 1
+    from meter_batch.labels.calibrate_run import calibrate
+
+    calibrate(meters.store, _vague_set(folder, "z", "prototype"), truth, folder / "z2.toml", k=3)
+    summary = classify(meters.store, sets[0], interactive=False)
+    assert (calls, summary.examples_encoded) == ([6], 0)
+    assert main(["verify", str(meters.store)]) == 0
 
 
 def test_a_file_with_the_bytes_of_a_stored_image_is_used_as_stored(work, monkeypatch):

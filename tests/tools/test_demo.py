@@ -10,6 +10,7 @@ import pytest
 from meter_batch.cli import main
 from meter_batch.config import DemoSettings
 from meter_batch.tools.demo import MODEL_DIR, MODEL_WEIGHTS, run_demo
+from meter_batch.tools.demo_shifted import MODES, SHOTS, ShiftedResult, shifted_table
 
 # A little below what `meter-batch demo` measured on 600 held-out images (README: 99.5 %,
 # 99.5 %, 99.2 %): the first 60 of them are a noisier sample, and a retrained checkpoint
@@ -29,20 +30,41 @@ def test_the_shipped_checkpoint_is_the_recorded_one() -> None:
 
 @pytest.mark.slow
 def test_the_demo_classifies_held_out_meters(tmp_path: Path) -> None:
-    results = {r.label_set: r for r in run_demo(DemoSettings(dir=tmp_path, count=60, workers=0))}
+    demo = run_demo(DemoSettings(dir=tmp_path, count=60, workers=0))
+    results = {r.label_set: r for r in demo.confusions}
     assert set(results) == set(MIN_ACCURACY)
     for name, result in results.items():
         assert result.total == 60, name
         assert result.accuracy >= MIN_ACCURACY[name], (name, result.accuracy, result.table())
+    assert demo.shifted is not None
+    _check_shifted(demo.shifted)
+
+
+def _check_shifted(shifted: ShiftedResult) -> None:
+    """Every set judged on the same 60 shifted test images, none of them an example;
+    the calibrated zero-shot set less over-confident than the set itself."""
+    sets = {s.label_set: s for s in shifted.report.sets}
+    few_shot = {f"meter-type-{m}-{n}" for m in MODES for n in SHOTS}
+    calibrated = {"meter-type-calibrated", "meter-type-adapter-10-calibrated"}
+    assert set(sets) == {"meter-type", *few_shot, *calibrated}
+    assert {s.evaluation.images for s in sets.values()} == {60}
+    assert {s.examples_left_out for s in sets.values()} == {0}
+    assert {sets[name].mode for name in few_shot} == set(MODES)
+    assert sets["meter-type"].evaluation.ece > sets["meter-type-calibrated"].evaluation.ece
+    table = shifted_table(shifted).splitlines()
+    assert len(table) == 1 + len(sets) and table[0].split()[:2] == ["label", "set"]
+    assert [line.split()[0] for line in table[1:]] == [s.label_set for s in shifted.report.sets]
 
 
 @pytest.mark.slow
 def test_the_demo_command_prints_each_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["-q", "demo", "--dir", str(tmp_path), "--count", "30", "--workers", "0"]) == 0
+    args = ["-q", "demo", "--dir", str(tmp_path), "--count", "30", "--workers", "0"]
+    assert main([*args, "--standard-only"]) == 0
     out = capsys.readouterr().out
     assert out.count("accuracy") == 3 and "right \\ predicted" in out
+    assert "style the model never saw" not in out and not (tmp_path / "store-shifted").exists()
 
 
 def test_the_demo_does_not_replace_a_store_it_did_not_make(
