@@ -13,7 +13,9 @@ the arithmetic. Memory stays flat in N: nothing N-sized is ever held.
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +68,17 @@ def resolve_scale(loaded: LoadedModel, label_set: LabelSet) -> float:
     return learned
 
 
+# Two batches scored at once on the 2-core machine, each on one torch thread (its
+# products release the GIL), while the reader and the Parquet writer run on threads of
+# their own: see BENCHMARKS.md for the rates on each CPU.
+SCORING_THREADS = 2
 SUB_ROWS = 128  # rows per float16 -> float32 copy and product: fits a core's L2 cache
+# exp() of an argument below about -88 (where float32 underflows) leaves torch's vector
+# kernel for a slow path: 40,960 values at -100 took 1,864 µs against 15 µs at -80 (one
+# thread, the development Xeon), and a scale of 100 puts most logits of a row there. So
+# shifted logits are clamped here first: exp(-80) = 1.8e-35 changes no probability (and
+# a top probability that small is stored as the 0 it is in float32).
+EXP_FLOOR = -80.0
 
 
 class Scorer:
@@ -79,8 +91,9 @@ class Scorer:
                 f"label set {settings.label_set} (version {settings.version}) has logit_scale "
                 f"{settings.scale!r}, which {problem}; set another in the label set (a new version)"
             )
-        self.settings = settings
+        self.settings, self.max_rows = settings, max_rows
         head = labels if isinstance(labels, Head) else text_head(labels)
+        self.head = head
         count = head.count
         cache = head.cache
         columns = head.weights if cache is None else np.concatenate([head.weights, cache.keys])
@@ -97,6 +110,10 @@ class Scorer:
         thresholds = settings.label_min_probs or (0.0,) * len(settings.label_ids)
         self.label_min_probs = np.asarray([*thresholds, 0.0], dtype=np.float32)
         self.schema = predictions_schema(settings.top_k)
+
+    def twin(self) -> Scorer:
+        """A scorer of the same head with buffers of its own (for another thread)."""
+        return Scorer(self.head, self.settings, self.max_rows)
 
     def score(self, ids: np.ndarray, vectors: np.ndarray) -> pa.RecordBatch:
         rows = len(ids)
@@ -136,8 +153,11 @@ class Scorer:
         scale = self.settings.scale
         row_max = top_logits[:, :1]
         shifted = logits.T.contiguous().sub_(row_max.T).mul_(scale)  # (K, rows)
-        normaliser = shifted.exp_().sum(dim=0)
-        return (top_logits - row_max).mul_(scale).exp_().div_(normaliser[:, None])
+        normaliser = shifted.clamp_(min=EXP_FLOOR).exp_().sum(dim=0)
+        top = (top_logits - row_max).mul_(scale)
+        negligible = top <= EXP_FLOOR  # stored as 0, as exp of them is in float32
+        top = top.clamp_(min=EXP_FLOOR).exp_().masked_fill_(negligible, 0.0)
+        return top.div_(normaliser[:, None])
 
     def _batch(
         self, ids: np.ndarray, top_probs: np.ndarray, top_index: np.ndarray
@@ -207,29 +227,49 @@ def score_files(
     scorer: Scorer,
     min_image_id: int = 0,
     skip_ids: set[int] | None = None,
+    threads: int = SCORING_THREADS,
 ) -> Iterator[pa.RecordBatch]:
-    """Predictions for every stored image with ``image_id >= min_image_id``.
-
-    The arithmetic runs on one torch thread: on 2 cores, the other core is worth more to
-    the prefetching reader and the Parquet writer (measured: 575-685k/s against 460-540k/s).
-    """
-    skip = np.fromiter(skip_ids or (), dtype=np.int64)
-    threads = torch.get_num_threads()
+    """Predictions for every stored image with ``image_id >= min_image_id``, in store
+    order. Batches are scored on ``threads`` threads at once, each with its own scorer
+    and one torch thread: the products release the GIL, so reading, scoring and the
+    Parquet writer's thread share both cores (see SCORING_THREADS)."""
+    scorers = [scorer, *(scorer.twin() for _ in range(threads - 1))]
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    pending: deque[Future[pa.RecordBatch]] = deque()
     try:
-        for ids, vectors in prefetch(_batches(files)):
-            if ids[-1] < min_image_id:
-                continue  # ids grow with every run: whole old batches need no scoring
-            keep = ids >= min_image_id
-            if len(skip):  # deleted or superseded rows are not worth scoring
-                keep &= ~np.isin(ids, skip)
-            if not keep.all():
-                if not keep.any():
-                    continue
-                ids, vectors = ids[keep], vectors[keep]
-            yield scorer.score(ids, vectors)
+        with ThreadPoolExecutor(len(scorers), thread_name_prefix="scoring") as pool:
+            batches = prefetch(_selected(files, min_image_id, skip_ids or set()))
+            for number, (ids, vectors) in enumerate(batches):
+                # a scorer's buffers are free again: its last batch was taken below
+                pending.append(pool.submit(scorers[number % len(scorers)].score, ids, vectors))
+                if len(pending) == len(scorers):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
     finally:
-        torch.set_num_threads(threads)
+        for future in pending:
+            future.cancel()
+        torch.set_num_threads(previous)
+
+
+def _selected(
+    files: Iterable[Path], min_image_id: int, skip_ids: set[int]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The stored (ids, vectors) batches still to score: ids grow with every run, so
+    whole old batches are passed over; deleted or superseded rows are left out."""
+    skip = np.fromiter(skip_ids, dtype=np.int64, count=len(skip_ids))
+    for ids, vectors in _batches(files):
+        if ids[-1] < min_image_id:
+            continue
+        keep = ids >= min_image_id
+        if len(skip):
+            keep &= ~np.isin(ids, skip)
+        if not keep.all():
+            if not keep.any():
+                continue
+            ids, vectors = ids[keep], vectors[keep]
+        yield ids, vectors
 
 
 def _batches(files: Iterable[Path]) -> Iterator[tuple[np.ndarray, np.ndarray]]:

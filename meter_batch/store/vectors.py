@@ -51,8 +51,15 @@ def write_vectors(path: Path, ids: np.ndarray, matrix: np.ndarray) -> None:
 
 
 def iter_vectors(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (image_ids int64, float16 matrix) per record batch; views, no copies."""
-    with reading(path), pa.OSFile(str(path), "rb") as source:
+    """Yield (image_ids int64, float16 matrix) per record batch; views, no copies.
+
+    The file is memory-mapped: the scorer's float16 -> float32 copy reads the page cache
+    itself, where reading through a file first copied every batch into a buffer (read +
+    convert, 1024-d: 3.2M rows/s mapped against 2.0M/s read, the development Xeon;
+    scoring is bound by memory traffic). Committed files never change, and their size is
+    checked before they are opened (`Store.checked`): a file cut short under a running
+    reader would be a SIGBUS, not an exception, and no commit would follow."""
+    with reading(path), pa.memory_map(str(path), "r") as source:
         reader = ipc.open_file(source)
         dim = reader.schema.field("vector").type.byte_width // 2
         for i in range(reader.num_record_batches):

@@ -22,7 +22,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
 
-from meter_batch.config import BenchClassifySettings
+from meter_batch.config import BenchClassifySettings, EncodeConfig
 from meter_batch.labels.predictions import PredictionWriter
 from meter_batch.labels.scoring import Scorer, ScoreSettings, score_files
 from meter_batch.store.commit import (
@@ -44,6 +44,8 @@ from meter_batch.tools.bench.common import (
     synthetic_identity,
 )
 
+PART_ROWS = EncodeConfig.part_rows
+
 
 def build_synthetic_store(root: Path, rows: int, dim: int, seed: int = 0) -> None:
     """N random unit float16 vectors, committed through RunWriter + the manifest commit."""
@@ -51,7 +53,9 @@ def build_synthetic_store(root: Path, rows: int, dim: int, seed: int = 0) -> Non
     generator = torch.Generator().manual_seed(seed)
     with locked(root) as lock:
         store = open_for_write(root, synthetic_identity(dim), SYNTHETIC_MODEL, lock)
-        writer = RunWriter(store, "bench", 0, part_rows=250_000)
+        # parts of encode's own size: the scorer maps one file at a time, so a part's
+        # size (not N) bounds the pages it holds
+        writer = RunWriter(store, "bench", 0, part_rows=PART_ROWS)
         for start in range(0, rows, WRITE_BATCH):
             count = min(WRITE_BATCH, rows - start)
             vectors = torch.randn(count, dim, generator=generator)
