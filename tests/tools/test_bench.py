@@ -110,9 +110,15 @@ def test_bench_classify_times_the_users_baseline_beside_classify(tmp_path, capsy
     argv = ["-q", "bench", "classify", "--n", "3000", "--dim", "16", "--labels", "4",
             "--dir", str(tmp_path / "b"), "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
-    assert "baseline/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "baseline/s" in printed
     (result,) = json.loads(out.read_text())
     for cache in ("warm", "cold"):
         rates = result[f"{cache}_classify_per_s"] / result[f"{cache}_baseline_per_s"]
         assert result[f"{cache}_vs_baseline"] == pytest.approx(rates, rel=0.01)
     assert result["n"] == 3000
+    # the few-shot heads and both BLAS kernels are timed too, and the one used is named
+    assert result["warm_probe_per_s"] > 0 and result["warm_adapter_per_s"] > 0
+    assert result["product_torch_per_s"] > 0 and result["product_numpy_per_s"] > 0
+    assert f"classify uses {result['product_kernel']}" in printed
+    assert f"adapter {result['warm_adapter_per_s']:,}/s" in printed

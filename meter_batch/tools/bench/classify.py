@@ -2,7 +2,9 @@
 the real write path, then, in a fresh process per N so peak RSS is the scorer's own:
 the read rate of the stored vectors alone, the classify rate (score + write predictions),
 their ratio, the rate of the loop a user would write instead (astype, @, softmax, argmax,
-Parquet) and classify / that baseline, and peak RSS.
+Parquet) and classify / that baseline; the warm rate of few-shot heads (a probe, an
+adapter of 16 examples per label); the copy + product rate of each BLAS on one thread
+(which one classify uses, and why: scoring.product_kernel_name); and peak RSS.
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
+from threadpoolctl import threadpool_limits
 
 from meter_batch.config import BenchClassifySettings, EncodeConfig
+from meter_batch.labels.head import Cache, Head
 from meter_batch.labels.predictions import PredictionWriter
-from meter_batch.labels.scoring import Scorer, ScoreSettings, score_files
+from meter_batch.labels.scoring import (
+    PRODUCTS,
+    SUB_ROWS,
+    Scorer,
+    ScoreSettings,
+    product_kernel_name,
+    score_files,
+)
 from meter_batch.store.commit import (
     Store,
     commit,
@@ -92,8 +103,49 @@ def measure_scoring(root: Path, labels: int) -> dict[str, Any]:
                 f"{cache}_vs_baseline": round(baseline_s / classify_s, 3),
             }
         )
+    _read_all(files)  # warm again for the few-shot heads
+    for mode, head in few_shot_heads(matrix, EXAMPLES_PER_LABEL).items():
+        seconds = _classify_all(store, files, Scorer(head, settings, BATCH_ROWS))
+        result[f"warm_{mode}_per_s"] = round(result["n"] / seconds)
+    result["product_kernel"] = product_kernel_name()
+    result.update({f"product_{k}_per_s": v for k, v in product_rates(dim, labels).items()})
     result["peak_rss_mib"] = peak_rss_mib()
     return result
+
+
+EXAMPLES_PER_LABEL = 16
+
+
+def few_shot_heads(matrix: np.ndarray, per_label: int) -> dict[str, Head]:
+    """A probe's head (the matrix and a bias) and an adapter's (the matrix and a cache
+    of ``per_label`` random unit examples per label), as classify would score them."""
+    generator = torch.Generator().manual_seed(1)
+    labels, dim = matrix.shape
+    keys = torch.nn.functional.normalize(torch.randn(labels * per_label, dim, generator=generator))
+    bias = 0.01 * torch.randn(labels, generator=generator)
+    cache = Cache(keys.numpy(), np.arange(labels * per_label) % labels, alpha=0.01, beta=5.5)
+    return {"probe": Head(matrix, bias=bias.numpy()), "adapter": Head(matrix, cache=cache)}
+
+
+def product_rates(dim: int, labels: int, rows: int = 4096, repeats: int = 20) -> dict[str, int]:
+    """Rows/s of the float16 -> float32 copy + product, SUB_ROWS at a time, one thread,
+    with each BLAS: what `product_kernel_name` chooses between."""
+    vectors = torch.randn(rows, dim).half()
+    columns = torch.nn.functional.normalize(torch.randn(labels, dim), dim=1).T.contiguous()
+    buffer, out = torch.empty(SUB_ROWS, dim), torch.empty(rows, labels)
+    rates = {}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1, user_api="blas"):
+        for name, product in PRODUCTS.items():
+            started = time.perf_counter()
+            for _ in range(repeats):
+                for start in range(0, rows, SUB_ROWS):
+                    buffer.copy_(vectors[start : start + SUB_ROWS])
+                    product(buffer, columns, out[start : start + SUB_ROWS])
+            rates[name] = round(rows * repeats / (time.perf_counter() - started))
+    torch.set_num_threads(previous)
+    return rates
 
 
 def _classify_all(store: Store, files: list[Path], scorer: Scorer) -> float:
@@ -188,6 +240,17 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"{r[cache + '_baseline_per_s']:>11,} {r[cache + '_vs_baseline']:>11.3f} "
                 f"{r['peak_rss_mib']:>13,.1f}"
             )
+    for r in results:
+        lines.append(
+            f"N={r['n']:,} warm, {EXAMPLES_PER_LABEL} examples x {r['labels']} labels: "
+            f"probe {r['warm_probe_per_s']:,}/s, adapter {r['warm_adapter_per_s']:,}/s"
+        )
+    last = results[-1]
+    rates = ", ".join(f"{k} {last[f'product_{k}_per_s']:,}/s" for k in PRODUCTS)
+    lines.append(
+        f"copy + product, one thread: {rates}; classify uses {last['product_kernel']} "
+        f"(override: METER_BATCH_PRODUCT)"
+    )
     if len(results) >= 2:
         growth = results[-1]["peak_rss_mib"] / results[0]["peak_rss_mib"]
         lines.append(f"peak RSS at N={results[-1]['n']:,} / N={results[0]['n']:,}: {growth:.3f}x")
