@@ -113,7 +113,7 @@ def test_vague_prompts_are_rescued_by_examples(work, mode):
     ("mode", "chosen"),
     [("prototype", {"mix"}), ("adapter", {"alpha", "beta"}), ("probe", {"l2"})],
 )
-def test_the_fit_is_recorded_with_the_version(work, mode, chosen):
+def test_the_fit_is_recorded_with_the_version(work, capsys, mode, chosen):
     meters, folder = work
     summary = classify(meters.store, _vague_set(folder, "v", mode), interactive=False)
     assert summary.scored == 45 and summary.examples_encoded == 0
@@ -124,6 +124,9 @@ def test_the_fit_is_recorded_with_the_version(work, mode, chosen):
     assert (fit["examples"], fit["cv_folds"]) == (15, 5)
     assert {k for k in ("mix", "alpha", "beta", "l2") if fit[k] is not None} == chosen
     assert fit["cv_accuracy"] > fit["cv_text_accuracy"]
+    assert main(["labelsets", str(meters.store)]) == 0
+    listed = capsys.readouterr().out
+    assert f"{mode} (15 ex., " in listed and all(f"{name}=" in listed for name in chosen)
     entry = open_store(meters.store).manifest.label_sets[0]
     matrix = pq.read_table(meters.store / entry.matrix)
     assert ("bias" in matrix.column_names) == (mode == "probe")  # a probe's weights, no pickle
