@@ -321,12 +321,17 @@ def test_folds_deal_each_labels_examples_round_in_order():
     assert [f.tolist() for f in folds] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
 
 
-def test_a_prototype_is_the_mix_of_text_and_example_mean_by_hand():
-    rng = np.random.default_rng(0)
-    text = np.eye(3, 8, dtype=np.float32)
-    vectors = rng.normal(size=(12, 8)).astype(np.float32)
+def _toy_examples(
+    rng: np.random.Generator, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three 8-d text vectors (axes) and ``count`` random unit examples, labels i mod 3."""
+    vectors = rng.normal(size=(count, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    labels = np.arange(12, dtype=np.int64) % 3
+    return np.eye(3, 8, dtype=np.float32), vectors, np.arange(count, dtype=np.int64) % 3
+
+
+def test_a_prototype_is_the_mix_of_text_and_example_mean_by_hand():
+    text, vectors, labels = _toy_examples(np.random.default_rng(0), 12)
     fitted = fit_head("prototype", text, Examples(vectors, labels), 10.0)
     mix = fitted.fit.mix
     assert mix is not None
@@ -338,11 +343,7 @@ def test_a_prototype_is_the_mix_of_text_and_example_mean_by_hand():
 
 
 def test_an_adapters_scores_are_tip_adapters_by_hand():
-    rng = np.random.default_rng(1)
-    text = np.eye(3, 8, dtype=np.float32)
-    vectors = rng.normal(size=(9, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    labels = np.arange(9, dtype=np.int64) % 3
+    text, vectors, labels = _toy_examples(np.random.default_rng(1), 9)
     head = fit_head("adapter", text, Examples(vectors, labels), 50.0).head
     assert head.cache is not None
     alpha, beta = head.cache.alpha * 50.0, head.cache.beta  # Tip-Adapter's own α

@@ -150,10 +150,7 @@ def test_probabilities_stay_within_1e_4_of_float64_across_sub_chunks(scale):
     """300 rows: the float16 -> float32 product runs 128 rows at a time (two full
     sub-chunks and a short one); ten labels, top 3, against softmax in float64."""
     rng = np.random.default_rng(5)
-    vectors = rng.standard_normal((300, 64))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
-    labels = rng.standard_normal((10, 64)).astype(np.float32)
-    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    vectors, labels = _unit(rng, 300).astype(np.float16), _unit(rng, 10).astype(np.float32)
     ids = tuple(f"l{i}" for i in range(10))
     scorer = Scorer(labels, ScoreSettings("s", "v1", ids, scale, 3), max_rows=4096)
     rows = scorer.score(np.arange(300), vectors).to_pylist()
@@ -167,6 +164,19 @@ def test_probabilities_stay_within_1e_4_of_float64_across_sub_chunks(scale):
         )
         got = [probs[ids.index(label)] for label in row["top_labels"]]
         assert np.abs(np.asarray(row["top_probs"]) - got).max() < 1e-4
+
+
+def _unit(rng: np.random.Generator, rows: int, dim: int = 64) -> np.ndarray:
+    """``rows`` random unit vectors, float64."""
+    vectors = rng.standard_normal((rows, dim))
+    return np.asarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+
+
+def _reference_probs(head: Head, vectors: np.ndarray, scale: float) -> np.ndarray:
+    """softmax(scale · scores) from head.py's float64 scores."""
+    logits = scale * head.scores(vectors)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return np.asarray(expected / expected.sum(axis=1, keepdims=True))
 
 
 def _few_shot_heads(rng: np.random.Generator, labels: np.ndarray) -> dict[str, Head]:
@@ -184,18 +194,13 @@ def test_few_shot_heads_score_within_1e_4_of_their_float64_reference(mode, scale
     """The float32 fast path (one product for text and example cosines, the affinity in
     place) against head.py's float64 scores, across sub-chunks."""
     rng = np.random.default_rng(6)
-    vectors = rng.standard_normal((300, 64))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
-    labels = rng.standard_normal((10, 64)).astype(np.float32)
-    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    vectors, labels = _unit(rng, 300).astype(np.float16), _unit(rng, 10).astype(np.float32)
     head = _few_shot_heads(rng, labels)[mode]
     ids = tuple(f"l{i}" for i in range(10))
     rows = Scorer(head, ScoreSettings("s", "v1", ids, scale, 3), max_rows=4096).score(
         np.arange(300), vectors
     )
-    logits = scale * head.scores(vectors)
-    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
-    expected /= expected.sum(axis=1, keepdims=True)
+    expected = _reference_probs(head, vectors, scale)
     assert rows.column("label").to_pylist() == [ids[i] for i in expected.argmax(axis=1)]
     got = np.asarray(rows.column("prob").to_pylist())
     assert np.abs(got - expected.max(axis=1)).max() < 1e-4
@@ -210,18 +215,13 @@ def test_both_product_kernels_give_the_float64_answers(kernel, monkeypatch):
     gives the same labels and probabilities within 1e-4 of float64, adapters included."""
     monkeypatch.setenv("METER_BATCH_PRODUCT", kernel)
     rng = np.random.default_rng(7)
-    vectors = rng.standard_normal((300, 64))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
-    labels = rng.standard_normal((10, 64)).astype(np.float32)
-    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    vectors, labels = _unit(rng, 300).astype(np.float16), _unit(rng, 10).astype(np.float32)
     ids = tuple(f"l{i}" for i in range(10))
     for head in (Head(labels), _few_shot_heads(rng, labels)["adapter"]):
         scorer = Scorer(head, ScoreSettings("s", "v1", ids, 100.0, 3), max_rows=4096)
         assert scorer.product is PRODUCTS[kernel]
         rows = scorer.score(np.arange(300), vectors)
-        logits = 100.0 * head.scores(vectors)
-        expected = np.exp(logits - logits.max(axis=1, keepdims=True))
-        expected /= expected.sum(axis=1, keepdims=True)
+        expected = _reference_probs(head, vectors, 100.0)
         assert rows.column("label").to_pylist() == [ids[i] for i in expected.argmax(axis=1)]
         got = np.asarray(rows.column("prob").to_pylist())
         assert np.abs(got - expected.max(axis=1)).max() < 1e-4
