@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TypeVar
 
 _DONE = object()
 T = TypeVar("T")
 
 
-def prefetch(source: Iterator[T], depth: int = 4) -> Iterator[T]:
+def prefetch(source: Iterator[T], depth: int = 4) -> Generator[T, None, None]:
     """Run ``source`` on a thread, ``depth`` items ahead: file reads (which release the
     GIL) overlap the consumer's arithmetic; encode uses it for GPU JPEG decoding too.
     Errors re-raise in the consumer."""

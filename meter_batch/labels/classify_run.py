@@ -24,7 +24,7 @@ from meter_batch.labels.examples import (
     few_shot_head,
 )
 from meter_batch.labels.few_shot import describe
-from meter_batch.labels.head import Head, text_head
+from meter_batch.labels.head import FIT_SCALE, Head, text_head
 from meter_batch.labels.label_sets import LabelSet, load_label_set
 from meter_batch.labels.predictions import (
     PredictionWriter,
@@ -152,7 +152,7 @@ def _new_version(
     few_shot = None
     if located is not None:
         few_shot = few_shot_head(
-            ExampleCache(store), label_set, located, text, scale, lambda: loaded
+            ExampleCache(store), label_set, located, text, FIT_SCALE, lambda: loaded
         )
     head = few_shot.head if few_shot is not None else text_head(text)
     prompts = [list(label.prompts) for label in label_set.labels]

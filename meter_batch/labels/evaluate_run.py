@@ -27,7 +27,7 @@ from meter_batch.labels.examples import (
     example_version,
     few_shot_head,
 )
-from meter_batch.labels.head import Head, text_head
+from meter_batch.labels.head import FIT_SCALE, Head, text_head
 from meter_batch.labels.label_sets import LabelSet, load_label_set
 from meter_batch.labels.metrics import Evaluation, evaluate_probs
 from meter_batch.labels.predictions import read_head, write_example_vectors
@@ -192,7 +192,8 @@ def version_head(
     text, scale = label_matrix(loaded, label_set), resolve_scale(loaded, label_set)
     head = text_head(text)
     if located is not None:
-        head = few_shot_head(cache, label_set, located, text, scale, lambda: loaded).head
+        fitted = few_shot_head(cache, label_set, located, text, FIT_SCALE, lambda: loaded)
+        head = fitted.head
     return VersionHead(version, head, scale, False, example_ids)
 
 

@@ -28,7 +28,7 @@ from meter_batch.labels.predictions import StoredExamples, read_example_vectors,
 from meter_batch.model.encoder import ImageEncoder, plan_device
 from meter_batch.model.loading import LoadedModel
 from meter_batch.store.commit import Store
-from meter_batch.store.read import live_refs_of, vectors_of
+from meter_batch.store.read import live_ids_with, live_refs_of, vectors_of
 from meter_batch.store.records import FewShotFit
 from meter_batch.store.schema import content_hash
 
@@ -72,10 +72,10 @@ def example_version(store: Store, label_set: LabelSet) -> tuple[str, LocatedExam
 
 
 def example_image_ids(store: Store, located: LocatedExamples) -> frozenset[int]:
-    """The live images that are examples: named by path, or holding an example's bytes."""
+    """The live images that are examples: named by path, or holding an example's bytes
+    (every copy of them)."""
     hashes = sorted({e.content_hash for e in located.items})
-    copies = {ref.image_id for ref in live_refs_of(store, "content_hash", hashes).values()}
-    return frozenset(located.stored_ids() | copies)
+    return frozenset(located.stored_ids() | live_ids_with(store, "content_hash", hashes))
 
 
 def locate_examples(store: Store, label_set: LabelSet) -> LocatedExamples:
@@ -95,7 +95,10 @@ def locate_examples(store: Store, label_set: LabelSet) -> LocatedExamples:
             f"label set {label_set.name!r} (mode {label_set.mode!r}) has {len(found)} "
             f"distinct example image(s); it needs at least {MIN_EXAMPLES}"
         )
-    return LocatedExamples(tuple(found.values()))
+    # in the order of what the version hashes, not of the rows: the folds, and so the
+    # fitted head, are then the same for every listing of the same images
+    ordered = sorted(found.values(), key=lambda e: (e.label, e.content_hash))
+    return LocatedExamples(tuple(ordered))
 
 
 def _refs(label_set: LabelSet) -> list[tuple[int, str, Path]]:
@@ -117,6 +120,15 @@ def read_examples_file(path: Path, label_set: LabelSet) -> list[tuple[int, str]]
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read examples file {path}: {exc}") from exc
     reader = csv.DictReader(text.splitlines())
+    try:
+        return _example_rows(path, reader, label_set)
+    except csv.Error as exc:
+        raise ConfigError(f"examples file {path}, line {reader.line_num}: {exc}") from exc
+
+
+def _example_rows(
+    path: Path, reader: csv.DictReader[str], label_set: LabelSet
+) -> list[tuple[int, str]]:
     if not {"path", "label"} <= set(reader.fieldnames or ()):
         found = ", ".join(reader.fieldnames or ()) or "none"
         raise ConfigError(f"examples file {path} needs columns path,label; its columns: {found}")
@@ -125,8 +137,8 @@ def read_examples_file(path: Path, label_set: LabelSet) -> list[tuple[int, str]]
     for row in reader:
         where = f"examples file {path}, line {reader.line_num}"
         label, image = normal_text(row["label"] or ""), (row["path"] or "").strip()
-        if not image:
-            raise ConfigError(f"{where}: the path is empty")
+        if not image or "\0" in image:
+            raise ConfigError(f"{where}: the path is empty or holds a NUL byte")
         if label not in index:
             valid = ", ".join(label_set.label_ids)
             raise ConfigError(f"{where}: label {label!r} is not in the set; its ids: {valid}")
@@ -135,6 +147,10 @@ def read_examples_file(path: Path, label_set: LabelSet) -> list[tuple[int, str]]
 
 
 def _file(store: Store, label_set: LabelSet, label: int, written: str, folder: Path) -> Path:
+    if "\0" in written:
+        raise ConfigError(
+            f"example {written!r} of label {label_set.label_ids[label]!r}: a NUL byte"
+        )
     file = Path(written) if Path(written).is_absolute() else folder / written
     if not file.is_file():
         raise ConfigError(

@@ -5,11 +5,15 @@ cross-validation on the examples only (fit on k-1 folds, score the held-out one)
 best by held-out accuracy (then NLL; ties go to the candidate nearest plain text) -> the
 head refitted on every example. Pure numpy, and torch's L-BFGS for the probe.
 
-- prototype: each label's vector is ``normalize((1 - mix) · text + mix · mean(examples))``;
+- prototype: each label's vector is
+  ``normalize((1 - mix) · text + mix · normalize(mean(examples)))``;
 - adapter: Tip-Adapter's cache model (head.py), α and β from its paper's ranges;
 - probe: multinomial logistic regression on the vectors, started from the text weights
-  (times the scale) and pulled back to them by an L2 penalty ``l2 · ‖W - T‖²``, so that a
-  label with few examples stays near its text.
+  (times the scale) and pulled back to them by an L2 penalty ``l2 · (‖W - T‖² + ‖b‖²)``,
+  so that a label with few examples stays near its text, and an uneven count of examples
+  per label does not become a prior for the whole store.
+
+Callers fit at head.FIT_SCALE (see head.py), whatever the set's logit_scale.
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ def _probe(text: np.ndarray, examples: Examples, scale: float, params: Params) -
     def loss() -> torch.Tensor:
         optimiser.zero_grad()
         value = torch.nn.functional.cross_entropy(x @ weights.T + bias, y)
-        value = value + params["l2"] * ((weights - target) ** 2).sum()
+        value = value + params["l2"] * (((weights - target) ** 2).sum() + (bias**2).sum())
         value.backward()
         return value
 

@@ -9,6 +9,11 @@ The logits are ``scale · scores``; the probabilities their softmax. Every mode 
   (N, D), summed per label by L (N, K one-hot). ``alpha`` is in score units, that is
   Tip-Adapter's α divided by the scale.
 
+A few-shot head is fitted at FIT_SCALE (CLIP's 100 · cosine, Tip-Adapter's convention)
+whatever the set's own logit_scale: the head is then a function of the examples alone,
+and the logit_scale only sets the temperature, so that `calibrate`'s fitted scale gives
+the same head the figures it printed were measured on.
+
 `scores` here is the float64 reference that evaluate and calibrate use; scoring.py
 computes the same in float32, fast.
 """
@@ -18,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+FIT_SCALE = 100.0
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter_batch import faults
-from meter_batch.labels.head import Cache, Head
+from meter_batch.errors import StoreError
+from meter_batch.labels.head import FIT_SCALE, Cache, Head
 from meter_batch.store.commit import Store, staged_path, write_error, write_parquet_staged
 from meter_batch.store.integrity import reading
 from meter_batch.store.layout import (
@@ -207,11 +208,15 @@ def read_head(store: Store, entry: LabelSetEntry) -> Head:
     bias = table.column("bias").to_numpy() if "bias" in table.column_names else None
     if entry.mode != "adapter":
         return Head(weights, bias)
-    assert entry.examples is not None and entry.few_shot is not None
-    assert entry.few_shot.alpha is not None and entry.few_shot.beta is not None
+    fit = entry.few_shot
+    if entry.examples is None or fit is None or fit.alpha is None or fit.beta is None:
+        raise StoreError(
+            f"label-set version {entry.version} is an adapter without its examples or its "
+            "alpha and beta in the manifest: drop it (`labelsets --drop`) and classify again"
+        )
     examples = read_examples(store.checked(entry.examples))
-    alpha = entry.few_shot.alpha / float(entry.logit_scale)  # in score units (head.py)
-    cache = Cache(examples.vectors.astype(np.float32), examples.labels, alpha, entry.few_shot.beta)
+    alpha = fit.alpha / FIT_SCALE  # in score units (head.py)
+    cache = Cache(examples.vectors.astype(np.float32), examples.labels, alpha, fit.beta)
     return Head(weights, bias, cache)
 
 

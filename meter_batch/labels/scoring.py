@@ -71,6 +71,19 @@ def resolve_scale(loaded: LoadedModel, label_set: LabelSet) -> float:
     return learned
 
 
+def _spend_the_read_only_warning() -> None:
+    """The vectors are read-only views of mapped Arrow memory, which torch only reads.
+    torch warns about such arrays once a process (TORCH_WARN_ONCE): spent here, at import,
+    on one thread, since catch_warnings swaps process-wide state and is not safe around
+    the two scoring threads' calls."""
+    read_only = np.frombuffer(b"\0\0", dtype=np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.from_numpy(read_only)
+
+
+_spend_the_read_only_warning()
+
 # Two batches scored at once on the 2-core machine, each on one torch thread (its
 # products release the GIL), while the reader and the Parquet writer run on threads of
 # their own: see BENCHMARKS.md for the rates on each CPU.
@@ -79,8 +92,8 @@ SUB_ROWS = 128  # rows per float16 -> float32 copy and product: fits a core's L2
 # exp() of an argument below about -88 (where float32 underflows) leaves torch's vector
 # kernel for a slow path: 40,960 values at -100 took 1,864 µs against 15 µs at -80 (one
 # thread, the development Xeon), and a scale of 100 puts most logits of a row there. So
-# shifted logits are clamped here first: exp(-80) = 1.8e-35 changes no probability (and
-# a top probability that small is stored as the 0 it is in float32).
+# shifted logits are clamped here first: exp(-80) = 1.8e-35 changes no probability, and
+# a top probability below it is stored as 0 (what float32 gives below about e^-104).
 EXP_FLOOR = -80.0
 
 
@@ -140,10 +153,7 @@ class Scorer:
         copy is still in the core's L2 cache when the product reads it (copy + product:
         2.07M rows/s at 128 rows against 1.28M/s for a whole 4096-row batch, 1024-d, K =
         10, one thread, the development Xeon)."""
-        with warnings.catch_warnings():
-            # the vectors are a read-only view of Arrow memory; torch only reads them here
-            warnings.simplefilter("ignore", UserWarning)
-            source = torch.from_numpy(vectors)
+        source = torch.from_numpy(vectors)  # read-only Arrow memory: see the import
         for start in range(0, len(vectors), SUB_ROWS):
             stop = min(len(vectors), start + SUB_ROWS)
             chunk = self.buffer[: stop - start]
@@ -297,25 +307,23 @@ def score_files(
     scorers = [scorer, *(scorer.twin() for _ in range(threads - 1))]
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(len(scorers), thread_name_prefix="scoring")
+    batches = prefetch(_selected(files, min_image_id, skip_ids or set()))
     pending: deque[Future[pa.RecordBatch]] = deque()
+    # numpy's BLAS too: its own pool per call would oversubscribe the shared cores
+    limits = threadpool_limits(1, user_api="blas")
     try:
-        # numpy's BLAS too: its own pool per call would oversubscribe the cores the
-        # scoring threads already share
-        with (
-            threadpool_limits(1, user_api="blas"),
-            ThreadPoolExecutor(len(scorers), thread_name_prefix="scoring") as pool,
-        ):
-            batches = prefetch(_selected(files, min_image_id, skip_ids or set()))
-            for number, (ids, vectors) in enumerate(batches):
-                # a scorer's buffers are free again: its last batch was taken below
-                pending.append(pool.submit(scorers[number % len(scorers)].score, ids, vectors))
-                if len(pending) == len(scorers):
-                    yield pending.popleft().result()
-            while pending:
+        for number, (ids, vectors) in enumerate(batches):
+            # a scorer's buffers are free again: its last batch was taken below
+            pending.append(pool.submit(scorers[number % len(scorers)].score, ids, vectors))
+            if len(pending) == len(scorers):
                 yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # an error or an early stop: no more reading, no batch left waiting
+        batches.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        limits.restore_original_limits()
         torch.set_num_threads(previous)
 
 

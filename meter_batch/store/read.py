@@ -124,6 +124,20 @@ def live_refs_of(store: Store, column: str, values: list[Any]) -> dict[Any, Stor
     return found
 
 
+def live_ids_with(store: Store, column: str, values: list[Any]) -> set[int]:
+    """Every live image whose ``column`` is one of ``values`` (copies included)."""
+    if not values:
+        return set()
+    dead = tombstoned_ids(store)
+    wanted = pa.array(sorted(set(values)), store_column_type(column))
+    found: set[int] = set()
+    for part in store.live_paths("embeddings"):
+        table = read_columns(part, ["image_id", column])
+        table = table.filter(pc.is_in(table.column(column), value_set=wanted))
+        found.update(i for i in table.column("image_id").to_pylist() if i not in dead)
+    return found
+
+
 def store_column_type(column: str) -> pa.DataType:
     return embeddings_schema(1).field(column).type
 

@@ -186,6 +186,8 @@ def _what_then(store: Store, relpath: str, drop: bool) -> str:
         "labelsets": "the next classify with that label file makes it again (needs the model)",
         "predictions": "the next classify with that label file scores every image again",
     }[first]
+    if relpath.startswith(f"{first}/examples-"):  # an example part (evaluate, calibrate)
+        then = "the next command that needs those example files encodes them again"
     if first == "embeddings" and relpath.endswith(".parquet"):
         then = then.replace("its images", _images_of(store, relpath))
     if drop:

@@ -4,7 +4,7 @@ Style-shifted renders of three disjoint seeds -> a test set and a calibration se
 encoded into DIR/store-shifted (prefixes test/ and calibration/), and 10 labelled
 examples per type left outside the store -> the seed's label set zero-shot; few-shot
 sets (prototype / adapter / probe, 1 / 5 / 10 examples per type, the examples encoded
-once); the zero-shot and the best 10-shot set calibrated on the calibration set ->
+once); the zero-shot and the 10-shot adapter sets calibrated on the calibration set ->
 every set `evaluate`d side by side on the test set, which none of them saw.
 """
 

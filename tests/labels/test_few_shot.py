@@ -367,3 +367,27 @@ def test_calibrating_a_few_shot_set_leaves_its_examples_out_and_keeps_its_mode(w
     written = load_label_set(out)
     assert (written.mode, written.examples_file) == ("adapter", str(folder / "examples.csv"))
     assert written.logit_scale == pytest.approx(report.fitted.scale, rel=1e-5)
+
+
+def test_a_calibrated_few_shot_set_keeps_its_head(work):
+    """Heads are fitted at CLIP's 100 whatever the set's logit_scale: the version
+    calibrate writes (another scale) has the same cross-validated head, only cooler or
+    hotter, so calibrate's figures are those of what gets classified."""
+    from meter_batch.labels.calibrate_run import calibrate
+
+    meters, folder = work
+    truth = _csv(folder / "truth.csv", list(meters.test))
+    labels = _vague_set(folder, "v", "adapter")
+    out = folder / "v-calibrated.toml"
+    report = calibrate(meters.store, labels, truth, out, k=3)
+    assert report.fitted.scale != pytest.approx(100.0)
+    classify(meters.store, labels, interactive=False)
+    classify(meters.store, out, interactive=False)
+    store = open_store(meters.store)
+    original, calibrated = store.manifest.label_sets
+    assert calibrated.logit_scale == pytest.approx(report.fitted.scale, rel=1e-5)
+    assert original.few_shot == calibrated.few_shot  # the same alpha, beta and CV figures
+    first, second = read_head(store, original), read_head(store, calibrated)
+    assert np.array_equal(first.weights, second.weights)
+    assert first.cache is not None and second.cache is not None
+    assert first.cache.alpha == second.cache.alpha and first.cache.beta == second.cache.beta
