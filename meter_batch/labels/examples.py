@@ -187,10 +187,17 @@ class ExampleCache:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.fresh: dict[bytes, tuple[str, np.ndarray]] = {}  # hash -> (ref, float16)
+        # what the store's images gave, by hash (None: no stored image has those bytes):
+        # the sets of one command share examples, and each lookup reads every part
+        self._stored: dict[bytes, np.ndarray | None] = {}
 
     def known(self, located: LocatedExamples) -> dict[bytes, np.ndarray]:
         hashes = {e.content_hash for e in located.items}
-        known = _stored_vectors(self.store, located)
+        todo = [e for e in located.items if e.content_hash not in self._stored]
+        if todo:
+            found = _stored_vectors(self.store, LocatedExamples(tuple(todo)))
+            self._stored |= {e.content_hash: found.get(e.content_hash) for e in todo}
+        known = {h: v for h in hashes if (v := self._stored[h]) is not None}
         known |= {h: v for h, (_, v) in self.fresh.items() if h in hashes}
         for path in self._earlier_files():
             if hashes <= set(known):
