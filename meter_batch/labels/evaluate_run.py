@@ -250,6 +250,6 @@ def _evaluation_record(result: SetEvaluation, truth: Truth, now: str) -> Evaluat
         accuracy_at_50=coverage[0.5],
         abstained=figures.abstained,
         kept_accuracy=None if np.isnan(figures.kept_accuracy) else figures.kept_accuracy,
-        examples_left_out=result.examples_left_out,
+        examples_left_out=result.examples_left_out or None,
         details=json.dumps(details, ensure_ascii=False),
     )

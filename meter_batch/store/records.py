@@ -250,7 +250,9 @@ class EvaluationRecord:
     abstained: float
     kept_accuracy: float | None
     details: str  # JSON: per-class precision / recall / F1 / support and the confusion
-    examples_left_out: int = 0  # truth images left out: the set's own few-shot examples
+    # truth images left out, the set's own few-shot examples; None for a set without any
+    # (so that a store evaluated only with text sets stays readable by older releases)
+    examples_left_out: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _without_none(self)

@@ -257,6 +257,12 @@ def test_evaluate_leaves_a_sets_own_examples_out(work, capsys):
         meters.store, "SELECT label_set, images, examples_left_out FROM evaluations"
     ).to_pylist()
     assert {"label_set": "vague-probe", "images": 30, "examples_left_out": 15} in recorded
+    # a set without examples records none: its manifest entry is what older releases read
+    assert {"label_set": "vague", "images": 45, "examples_left_out": None} in recorded
+    text_records = [
+        e for e in open_store(meters.store).manifest.evaluations if e.label_set == "vague"
+    ]
+    assert text_records and all("examples_left_out" not in e.to_json() for e in text_records)
 
 
 def test_text_mode_is_todays_set(work):
