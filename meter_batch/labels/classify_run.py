@@ -99,22 +99,11 @@ def classify(
     with locked(store_root) as lock:
         store = open_existing(store_root, lock)
         version = _version(store, label_set, model)
-        entry = version.entry
-        head = version.head or read_head(store, entry)
-        scorer = Scorer(head, _settings(entry), BATCH_ROWS)
-        writer = PredictionWriter(store, entry.version, new_run_id())
-        abstained = 0
-        todo = store.manifest.next_image_id - entry.scored_below_id
-        with Progress(todo, "classify", interactive) as progress:
-            files = store.live_paths("vectors")
-            dead = tombstoned_ids(store)
-            for batch in score_files(files, scorer, entry.scored_below_id, dead):
-                writer.add(batch)
-                abstained += int(pc.sum(batch.column("abstained")).as_py() or 0)
-                progress.update(batch.num_rows)
+        writer, abstained = _score_new_images(store, version, interactive)
         _commit_label_set(store, version, writer.finish(), make_current)
         refresh_catalog(store)
     seconds = time.monotonic() - started
+    entry, fit = version.entry, version.entry.few_shot if version.new else None
     return ClassifySummary(
         store=str(store_root),
         label_set=label_set.name,
@@ -124,9 +113,28 @@ def classify(
         abstained=abstained,
         seconds=round(seconds, 3),
         embeddings_per_s=round(writer.rows / seconds, 1) if seconds > 0 else 0.0,
-        few_shot=describe(entry.few_shot) if version.new and entry.few_shot else None,
-        examples_encoded=entry.few_shot.encoded if version.new and entry.few_shot else 0,
+        few_shot=describe(fit) if fit else None,
+        examples_encoded=fit.encoded if fit else 0,
     )
+
+
+def _score_new_images(
+    store: Store, version: _Version, interactive: bool | None
+) -> tuple[PredictionWriter, int]:
+    """Stream the images not yet scored under the version into staged prediction parts;
+    the writer (not yet finished) and how many abstained."""
+    entry = version.entry
+    scorer = Scorer(version.head or read_head(store, entry), _settings(entry), BATCH_ROWS)
+    writer = PredictionWriter(store, entry.version, new_run_id())
+    abstained = 0
+    todo = store.manifest.next_image_id - entry.scored_below_id
+    with Progress(todo, "classify", interactive) as progress:
+        files, dead = store.live_paths("vectors"), tombstoned_ids(store)
+        for batch in score_files(files, scorer, entry.scored_below_id, dead):
+            writer.add(batch)
+            abstained += int(pc.sum(batch.column("abstained")).as_py() or 0)
+            progress.update(batch.num_rows)
+    return writer, abstained
 
 
 def _version(store: Store, label_set: LabelSet, model: ModelSpec | None) -> _Version:
