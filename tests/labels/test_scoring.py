@@ -126,15 +126,16 @@ def test_nan_text_weights_are_a_model_error_not_a_nan_label_matrix(tiny):
         label_matrix(tiny, LABEL_SET)
 
 
-def test_a_one_label_matrix_read_only_from_arrow_is_copied_not_wrapped():
-    """With one label, labels.T is contiguous already: wrapping Arrow's read-only memory
-    made torch warn ("The given NumPy array is not writable") on the terminal."""
-    matrix = np.ones((1, 4), dtype=np.float32)
+@pytest.mark.parametrize("labels", [1, 3])
+def test_a_label_matrix_read_only_from_arrow_is_copied_not_wrapped(labels):
+    """The (K, D) matrix is the layout the product takes: wrapping Arrow's read-only
+    memory as it is made torch warn ("The given NumPy array is not writable")."""
+    matrix = np.ones((labels, 4), dtype=np.float32)
     matrix.flags.writeable = False  # as read_label_matrix returns it
-    settings = ScoreSettings("s", "v1", ("only",), 1.0, top_k=1)
-    scorer = Scorer(matrix, settings, max_rows=2)
-    assert scorer.labels_t.numpy().flags.writeable
-    assert not np.shares_memory(scorer.labels_t.numpy(), matrix)
+    ids = tuple(f"l{i}" for i in range(labels))
+    scorer = Scorer(matrix, ScoreSettings("s", "v1", ids, 1.0, top_k=1), max_rows=2)
+    assert scorer.columns.numpy().flags.writeable
+    assert not np.shares_memory(scorer.columns.numpy(), matrix)
 
 
 def test_a_label_below_its_own_threshold_abstains_and_the_other_does_not():
@@ -164,6 +165,25 @@ def test_probabilities_stay_within_1e_4_of_float64_across_sub_chunks(scale):
         )
         got = [probs[ids.index(label)] for label in row["top_labels"]]
         assert np.abs(np.asarray(row["top_probs"]) - got).max() < 1e-4
+
+
+def test_top_labels_follow_a_stable_sort_and_ties_go_to_the_first_label():
+    """The top labels come from passes across the (labels, rows) logits, not topk: equal
+    label vectors tie exactly, and the earlier label comes first, every rank."""
+    rng = np.random.default_rng(11)
+    labels = _unit(rng, 6).astype(np.float32)
+    labels[4] = labels[1]  # 1 and 4 tie on every image
+    labels[5] = labels[2]
+    vectors = _unit(rng, 200).astype(np.float16)
+    ids = tuple(f"l{i}" for i in range(6))
+    scorer = Scorer(labels, ScoreSettings("s", "v1", ids, 50.0, 4), max_rows=256)
+    rows = scorer.score(np.arange(200), vectors).to_pylist()
+    logits = (vectors.astype(np.float32) @ labels.T).astype(np.float64)
+    assert np.array_equal(logits[:, 1], logits[:, 4])  # the ties are exact
+    for row, image in zip(rows, logits, strict=True):
+        order = np.argsort(-image, kind="stable")[:4]  # equal: the lower index first
+        assert row["top_labels"] == [ids[i] for i in order]
+        assert row["label"] == ids[order[0]]
 
 
 def _unit(rng: np.random.Generator, rows: int, dim: int = 64) -> np.ndarray:

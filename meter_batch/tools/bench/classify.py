@@ -131,8 +131,8 @@ def product_rates(dim: int, labels: int, rows: int = 4096, repeats: int = 20) ->
     """Rows/s of the float16 -> float32 copy + product, SUB_ROWS at a time, one thread,
     with each BLAS: what `product_kernel_name` chooses between."""
     vectors = torch.randn(rows, dim).half()
-    columns = torch.nn.functional.normalize(torch.randn(labels, dim), dim=1).T.contiguous()
-    buffer, out = torch.empty(SUB_ROWS, dim), torch.empty(rows, labels)
+    columns = torch.nn.functional.normalize(torch.randn(labels, dim), dim=1)
+    buffer, out = torch.empty(SUB_ROWS, dim), torch.empty(labels, rows)  # as Scorer lays them
     rates = {}
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def product_rates(dim: int, labels: int, rows: int = 4096, repeats: int = 20) ->
             for _ in range(repeats):
                 for start in range(0, rows, SUB_ROWS):
                     buffer.copy_(vectors[start : start + SUB_ROWS])
-                    product(buffer, columns, out[start : start + SUB_ROWS])
+                    product(columns, buffer.T, out[:, start : start + SUB_ROWS])
             rates[name] = round(rows * repeats / (time.perf_counter() - started))
     torch.set_num_threads(previous)
     return rates
@@ -215,6 +215,8 @@ def run(settings: BenchClassifySettings) -> list[dict[str, Any]]:
         started = time.perf_counter()
         build_synthetic_store(root, rows, dim)
         build_s = time.perf_counter() - started
+        # the store's gigabytes are written back now, not by the kernel during the timings
+        os.sync()
         child = subprocess.run(
             [sys.executable, "-m", "meter_batch.tools.bench.classify", str(root), str(labels)],
             capture_output=True,
