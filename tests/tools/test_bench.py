@@ -117,6 +117,13 @@ def test_bench_classify_times_the_users_baseline_beside_classify(tmp_path, capsy
         rates = result[f"{cache}_classify_per_s"] / result[f"{cache}_baseline_per_s"]
         assert result[f"{cache}_vs_baseline"] == pytest.approx(rates, rel=0.01)
     assert result["n"] == 3000
+    # warm: the median of three passes, all listed; cold: one
+    passes = result["warm_classify_passes_per_s"]
+    assert len(passes) == 3 and sorted(passes)[1] == pytest.approx(
+        result["warm_classify_per_s"], rel=1e-6, abs=1
+    )
+    assert len(result["cold_classify_passes_per_s"]) == 1
+    assert f"passes (the median above): {', '.join(f'{r:,}' for r in passes)}/s" in printed
     # the few-shot heads and both BLAS kernels are timed too, and the one used is named
     assert result["warm_probe_per_s"] > 0 and result["warm_adapter_per_s"] > 0
     assert result["product_torch_per_s"] > 0 and result["product_numpy_per_s"] > 0
