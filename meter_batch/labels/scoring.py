@@ -235,8 +235,9 @@ class _TopLabels:
         negligible = top <= EXP_FLOOR  # stored as 0, as exp of them is in float32
         np.exp(np.maximum(top, EXP_FLOOR, out=top), out=top)
         top[negligible] = 0.0
-        np.divide(top, normaliser, out=top)
-        return top, (self.labels - rank).astype(np.int32)
+        # new arrays, not views of the buffers: the Arrow batch made of them is written
+        # on another thread while this scorer fills its buffers again
+        return top / normaliser, (self.labels - rank).astype(np.int32)
 
     def _take_best(self, logits: np.ndarray, place: int, top: np.ndarray, rank: np.ndarray) -> None:
         rows = logits.shape[1]

@@ -186,6 +186,19 @@ def test_top_labels_follow_a_stable_sort_and_ties_go_to_the_first_label():
         assert row["label"] == ids[order[0]]
 
 
+def test_a_batch_stays_as_it_was_scored_when_its_scorer_scores_the_next():
+    """Batches are written on another thread while the scorer fills its buffers again:
+    a batch holding views of them changed under the writer (caught by a repair test)."""
+    rng = np.random.default_rng(3)
+    labels = _unit(rng, 4).astype(np.float32)
+    ids = tuple(f"l{i}" for i in range(4))
+    scorer = Scorer(labels, ScoreSettings("s", "v1", ids, 100.0, 3), max_rows=64)
+    first = scorer.score(np.arange(10), _unit(rng, 10).astype(np.float16))
+    kept = first.to_pylist()
+    scorer.score(np.arange(10, 20), _unit(rng, 10).astype(np.float16))
+    assert first.to_pylist() == kept
+
+
 def _unit(rng: np.random.Generator, rows: int, dim: int = 64) -> np.ndarray:
     """``rows`` random unit vectors, float64."""
     vectors = rng.standard_normal((rows, dim))
