@@ -145,6 +145,7 @@ _PART_LISTS = {
     "failure_parts": Folder.FAILURES,
     "tombstone_parts": Folder.TOMBSTONES,
     "example_parts": Folder.LABELSETS,
+    "thumbnail_parts": Folder.THUMBNAILS,
 }
 
 

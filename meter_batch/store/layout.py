@@ -12,6 +12,7 @@ STORE/
   labelsets/<version>.examples.parquet  a few-shot version's example vectors
   labelsets/examples-<run>.parquet  example files evaluate / calibrate encoded
   predictions/<version>/part-<run>-<n>.parquet
+  thumbnails/thumbs-<run>.parquet   small WebP pictures by content hash, for `report`
   staging/                          files of the commit in progress
   catalog.duckdb, catalog-empty/    the analysts' DuckDB views (derived)
   .lock
@@ -45,6 +46,7 @@ class Folder(StrEnum):
     INDEX = "index"
     LABELSETS = "labelsets"
     PREDICTIONS = "predictions"
+    THUMBNAILS = "thumbnails"
     STAGING = "staging"
 
 
@@ -56,6 +58,7 @@ DATA_FOLDERS = (
     Folder.INDEX,
     Folder.LABELSETS,
     Folder.PREDICTIONS,
+    Folder.THUMBNAILS,
 )
 RunPart = Literal[Folder.EMBEDDINGS, Folder.FAILURES, Folder.TOMBSTONES]  # an encode run's parts
 LiveKind = Literal["embeddings", "vectors", "failures", "tombstones", "predictions"]
@@ -79,6 +82,10 @@ def label_examples_file(version: str) -> str:
 
 def example_vectors_part(run_id: str) -> str:
     return f"{Folder.LABELSETS}/examples-{run_id}{PARQUET_SUFFIX}"
+
+
+def thumbnail_part(run_id: str) -> str:
+    return f"{Folder.THUMBNAILS}/thumbs-{run_id}{PARQUET_SUFFIX}"
 
 
 def index_file(seq: int) -> str:

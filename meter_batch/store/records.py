@@ -292,6 +292,8 @@ class Manifest:
     # vectors of example files outside the store that evaluate / calibrate encoded (a
     # classified few-shot version keeps its own in its examples file)
     example_parts: tuple[str, ...] = ()
+    # thumbnails `report` (or `encode --thumbnails`) made, keyed by the image's bytes
+    thumbnail_parts: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -300,7 +302,7 @@ class Manifest:
         data["files"] = {relpath: asdict(s) for relpath, s in sorted(self.files.items())}
         data["evaluations"] = [e.to_json() for e in self.evaluations]
         data["current"] = [_without_none(c) for c in self.current]
-        for key in ("files", "evaluations", "current", "example_parts"):
+        for key in ("files", "evaluations", "current", "example_parts", "thumbnail_parts"):
             if not data[key]:
                 del data[key]  # a manifest from before them is written back as it was
         return {"format_version": FORMAT_VERSION, **data}
@@ -308,7 +310,13 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         data = {k: v for k, v in data.items() if k != "format_version"}
-        parts = ("embedding_parts", "failure_parts", "tombstone_parts", "example_parts")
+        parts = (
+            "embedding_parts",
+            "failure_parts",
+            "tombstone_parts",
+            "example_parts",
+            "thumbnail_parts",
+        )
         for key in (*parts, "path_prefixes"):
             data[key] = tuple(data.get(key, ()))
         data["runs"] = tuple(RunRecord.from_json(r) for r in data.get("runs", ()))
@@ -325,7 +333,7 @@ class Manifest:
         live = {*self.embedding_parts, *self.failure_parts, *self.tombstone_parts}
         live |= {vectors_file(p) for p in self.embedding_parts}
         live |= {self.index} if self.index else set()
-        live |= set(self.example_parts)
+        live |= {*self.example_parts, *self.thumbnail_parts}
         for entry in self.label_sets:
             live |= {*entry.parts, entry.matrix}
             live |= {entry.examples} if entry.examples else set()

@@ -167,6 +167,7 @@ def _map_parts(
         failure_parts=change(manifest.failure_parts),
         tombstone_parts=change(manifest.tombstone_parts),
         example_parts=change(manifest.example_parts),
+        thumbnail_parts=change(manifest.thumbnail_parts),
     )
 
 
