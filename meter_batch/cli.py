@@ -30,6 +30,7 @@ from meter_batch.config import (
     EncodeConfig,
     FinetuneOptions,
     ModelSpec,
+    ReportSettings,
     SearchSettings,
     Setting,
     SynthSettings,
@@ -382,6 +383,39 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument(
+        "--labels", action="append", default=[], metavar="NAME",
+        help="a label-set name (its current version) or a version; repeatable "
+        "(default: every classified set)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--truth", type=Path, help="CSV: path (as stored) or image_id, label: adds the "
+        "confusion matrix (each cell opens its images) and a reliability diagram",
+    )  # fmt: skip
+    parser.add_argument(
+        "-o", "--out", type=Path, required=True, help="folder for index.html and its files"
+    )
+    return {}
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from meter_batch.report.report_run import report
+
+    result = report(
+        args.store, tuple(args.labels), args.truth, args.out,
+        _from_args(ReportSettings, args), interactive=False if args.quiet else None,
+    )  # fmt: skip
+    cached = "cached in the store" if result.cached else "not cached"
+    print(
+        f"report: {result.index} ({len(result.sets)} label set(s); {result.thumbnails_made} "
+        f"thumbnail(s) made, {cached}; {result.thumbnails_missing} placeholder(s))"
+    )
+    print(f"open: file://{result.index.resolve()}")
+    return 0
+
+
 def _search_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("text", nargs="?", help="query text (or use --image)")
@@ -606,6 +640,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         'GROUP BY ALL ORDER BY ALL"\n'
         f'        meter-batch search --store {store} "アナログメーター丸型" -k 5'
     )
+    print(f"report: {result.report}\nopen:   {result.report.resolve().as_uri()}")
     return 0
 
 
@@ -723,6 +758,19 @@ _COMMANDS = (
         "after figures measured on held-out folds; write the fitted set to -o (a new "
         "version: classify it to use it). No image is opened, nothing is committed.",
         arguments=_calibrate_arguments,
+    ),
+    _Command(
+        "report",
+        _run_report,
+        help="a static HTML report of the store: galleries, charts, a map, a review queue",
+        description="Write -o DIR/index.html and its files: an overview of the store, per "
+        "label set its counts, histograms, most / least confident images per label, a "
+        "review queue with a ready review.csv, what changed since the previous version, "
+        "the confusion matrix against --truth, and a map of the embeddings. The folder "
+        "opens from file:// with no network. Thumbnails are made only for the images "
+        "shown, and cached in the store.",
+        settings=ReportSettings,
+        arguments=_report_arguments,
     ),
     _Command(
         "search",

@@ -309,6 +309,22 @@ class SearchSettings:
 
 
 @settings
+class ReportSettings:
+    gallery: int = setting("images per gallery (each label's most and least confident)", default=12)
+    review: int = setting("images in each label set's review queue", default=100)
+    map_points: int = setting("embeddings sampled for the map at most", default=20_000)
+    map_thumbnails: int = setting(
+        "map points that show their thumbnail on hover, at most (thumbnails cost a decode "
+        "each the first time)",
+        default=2_000,
+        minimum=0,
+    )
+    projection: Literal["pca", "umap"] = setting(
+        "the map's projection (umap: needs the umap extra)", default="pca"
+    )
+
+
+@settings
 class DemoSettings:
     dir: Path = setting("folder for the renders and the store", default=Path("demo-output"))
     count: int = setting(

@@ -7,6 +7,17 @@
 #   bash scripts/test.sh tests/store     # one folder (tests/ mirrors meter_batch/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The report's browser tests drive Debian's Chromium (tests/report/test_browser.py); as
+# root it is installed here when missing, otherwise those tests skip and say why.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        echo "installing chromium for the browser tests (apt-get)" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) > /dev/null \
+            || echo "WARNING: chromium could not be installed: the browser tests will skip" >&2
+    else
+        echo "WARNING: no /usr/bin/chromium (apt-get install chromium, as root): the browser tests will skip" >&2
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

@@ -95,6 +95,7 @@ def labelsets_folder() -> Path:
 class DemoResult:
     confusions: list[Confusion]  # the standard held-out set, one per label set in CHECKS
     shifted: ShiftedResult | None  # None: --standard-only
+    report: Path  # the standard store's report: index.html
 
 
 def run_demo(settings: DemoSettings) -> DemoResult:
@@ -105,12 +106,26 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     for old in OUTPUTS:  # the demo's own outputs from an earlier run
         shutil.rmtree(folder / old, ignore_errors=True)
     confusions = _standard(settings)
-    if settings.standard_only:
-        return DemoResult(confusions, None)
-    log.info("the style-shifted half: zero-shot, few-shot and calibrated label sets")
-    labels = labelsets_folder() / CHECKS[0].file
-    shifted = run_shifted(folder, settings.count, settings.workers, demo_model(), labels)
-    return DemoResult(confusions, shifted)
+    shifted = None
+    if not settings.standard_only:
+        log.info("the style-shifted half: zero-shot, few-shot and calibrated label sets")
+        labels = labelsets_folder() / CHECKS[0].file
+        shifted = run_shifted(folder, settings.count, settings.workers, demo_model(), labels)
+    return DemoResult(confusions, shifted, _report(folder))
+
+
+def _report(folder: Path) -> Path:
+    """The standard store's report, against the renders' truth: every section filled."""
+    from meter_batch.config import ReportSettings
+    from meter_batch.report.report_run import report
+
+    log.info("writing the report into %s", folder / REPORT)
+    truth = folder / REPORT_TRUTH  # the renders' meter types, as the report reads truth
+    with open(folder / "heldout" / "truth.csv", encoding="utf-8", newline="") as handle:
+        rows = [(r["file"], METER_TYPE_IDS[r["meter_type"]]) for r in csv.DictReader(handle)]
+    with open(truth, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    return report(folder / "store", (), truth, folder / REPORT, ReportSettings()).index
 
 
 def _standard(settings: DemoSettings) -> list[Confusion]:
@@ -131,7 +146,9 @@ def _standard(settings: DemoSettings) -> list[Confusion]:
     return results
 
 
-OUTPUTS = ("heldout", "store", FOLDER, STORE)
+REPORT = "report"
+REPORT_TRUTH = "report-truth.csv"
+OUTPUTS = ("heldout", "store", FOLDER, STORE, REPORT, REPORT_TRUTH)
 
 
 def _claim(folder: Path) -> None:

@@ -38,6 +38,12 @@ def test_the_demo_classifies_held_out_meters(tmp_path: Path) -> None:
         assert result.accuracy >= MIN_ACCURACY[name], (name, result.accuracy, result.table())
     assert demo.shifted is not None
     _check_shifted(demo.shifted)
+    # it ends with a report of the standard store against the renders' truth
+    assert demo.report == tmp_path / "report" / "index.html"
+    html = demo.report.read_text(encoding="utf-8")
+    assert html.count('class="section label-set"') == 3  # the three standard sets
+    assert html.count('class="truth"') == 2  # the meter-type sets, against the renders' types
+    assert any((tmp_path / "report" / "thumbs").iterdir())
 
 
 def _check_shifted(shifted: ShiftedResult) -> None:
@@ -65,6 +71,8 @@ def test_the_demo_command_prints_each_table(
     out = capsys.readouterr().out
     assert out.count("accuracy") == 3 and "right \\ predicted" in out
     assert "style the model never saw" not in out and not (tmp_path / "store-shifted").exists()
+    report = tmp_path / "report" / "index.html"
+    assert f"open:   {report.resolve().as_uri()}" in out and report.exists()
 
 
 def test_the_demo_does_not_replace_a_store_it_did_not_make(
