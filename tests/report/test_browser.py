@@ -21,6 +21,10 @@ from meter_batch.store.catalog import run_query
 from tests.report.conftest import HOSTILE, SETTINGS, Reported
 
 CHROMIUM = Path("/usr/bin/chromium")
+_ALL_DRAWN = (
+    "document.querySelectorAll('[data-spec]').length === "
+    "document.querySelectorAll('[data-drawn=true]').length"
+)
 # as the machine's notes advise: no background connections (the network is closed)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
@@ -50,10 +54,7 @@ def opened(browser: Any, reported: Reported) -> Iterator[tuple[Any, list[str], l
     page.on("dialog", lambda d: _refuse(d, problems))
     page.on("request", lambda r: requests.append(r.url))
     page.goto((reported.out / "index.html").resolve().as_uri())
-    page.wait_for_function(
-        "document.querySelectorAll('[data-spec]').length === "
-        "document.querySelectorAll('[data-drawn=true]').length"
-    )
+    page.wait_for_function(_ALL_DRAWN)
     yield page, problems, requests
     page.close()
 
@@ -152,6 +153,34 @@ def test_a_box_on_the_map_lists_the_images_inside_it(opened):
     count = page.locator("#map-count").inner_text()
     listed = page.locator("#map-gallery figure.item").count()
     assert count.startswith(f"{listed} images in the box") and 0 < listed <= 14
+
+
+def test_hovering_a_map_point_shows_its_thumbnail_and_path(opened):
+    page, _, _ = opened
+    page.reload()  # no box left on the map by another test: it would take the hover
+    page.wait_for_function(_ALL_DRAWN)
+    canvas = page.locator("#chart-map canvas")
+    canvas.scroll_into_view_if_needed()
+    point = page.evaluate(
+        """() => {
+            const view = window.reportViews["chart-map"];
+            const p = JSON.parse(document.getElementById("map-points").textContent)[0];
+            const [left, top] = view.origin();
+            const pad = view.padding();
+            return {...p, px: view.scale("x")(p.x) + left + pad.left,
+                    py: view.scale("y")(p.y) + top + pad.top};
+        }"""
+    )
+    box = canvas.bounding_box()
+    assert box is not None and point["image"]
+    page.mouse.move(box["x"] + point["px"], box["y"] + point["py"])
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.locator("img").wait_for()
+    # the point under the mouse (another may lie on top of the one aimed at): its
+    # thumbnail and path, as the map's data have them
+    points = page.evaluate("() => JSON.parse(document.getElementById('map-points').textContent)")
+    shown = next(p for p in points if p["path"] and p["path"] in tooltip.inner_text())
+    assert tooltip.locator("img").get_attribute("src").endswith(shown["image"])
 
 
 def _refuse(dialog: Any, problems: list[str]) -> None:

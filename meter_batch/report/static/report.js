@@ -4,6 +4,7 @@
 "use strict";
 
 const MAP_LIMIT = 60; // images listed under the map at once
+const views = (window.reportViews = {});
 
 function drawCharts() {
   for (const holder of document.querySelectorAll("[data-spec]")) {
@@ -11,6 +12,7 @@ function drawCharts() {
     const renderer = holder.dataset.map ? "canvas" : "svg";
     vegaEmbed(holder, spec, { actions: false, renderer })
       .then((result) => {
+        views[holder.id] = result.view; // for the browser tests (scales, signals)
         holder.dataset.drawn = "true";
         if (holder.dataset.map) followSelection(result.view, holder.dataset.map);
       })
