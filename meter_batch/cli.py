@@ -25,6 +25,7 @@ from meter_batch import __version__
 from meter_batch.config import (
     BenchClassifySettings,
     BenchEncodeSettings,
+    BenchReportSettings,
     BenchRescanSettings,
     DemoSettings,
     EncodeConfig,
@@ -677,10 +678,11 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _run_bench(args: argparse.Namespace) -> int:
     """Each benchmark module has ``run(settings) -> results`` and ``table(results)``."""
-    from meter_batch.tools.bench import classify, encode, rescan
+    from meter_batch.tools.bench import classify, encode, report, rescan
 
     command: _Command = args.command
-    bench = {"encode": encode, "classify": classify, "rescan": rescan}[command.name]
+    modules = {"encode": encode, "classify": classify, "rescan": rescan, "report": report}
+    bench = modules[command.name]
     assert command.settings is not None  # every benchmark has its settings
     settings: Any = _from_args(command.settings, args)
     results = bench.run(settings)
@@ -882,6 +884,15 @@ _COMMANDS = (
                 description="A no-change encode over --files files against a bare os.scandir "
                 "walk of the same tree.",
                 settings=BenchRescanSettings,
+            ),
+            _Command(
+                "report",
+                _run_bench,
+                help="`report` on a synthetic store of --n images, timed",
+                description="`report` on a synthetic store of --n random embeddings with two "
+                "scored versions of a label set (no image files: thumbnails are placeholders), "
+                "in a fresh process: wall time, peak RSS, the folder's size.",
+                settings=BenchReportSettings,
             ),
         ),
     ),

@@ -267,6 +267,12 @@ class EncodeSettings:
         "4 full batches are not compiled",
         default=False,
     )
+    thumbnails: bool = setting(
+        "also make `report`'s thumbnails of the images encoded and keep them in the store "
+        "(for archives whose files will be deleted): a second read and a small decode of "
+        "each, after the run's commit",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         if self.exact and self.jpeg_decode == "device":
@@ -402,6 +408,13 @@ class BenchClassifySettings(BenchOutput):
         default=(100_000, 1_000_000),
         shown_default="100000 and 1000000",
     )
+    dim: int = setting("embedding dimension", default=1024)
+    labels: int = setting("labels", default=10)
+
+
+@settings(kw_only=True)
+class BenchReportSettings(BenchOutput):
+    n: int = setting("images in the synthetic store", default=1_000_000)
     dim: int = setting("embedding dimension", default=1024)
     labels: int = setting("labels", default=10)
 

@@ -31,6 +31,7 @@ from meter_batch.ingest.encode_loop import (
     encoded_batches,
 )
 from meter_batch.ingest.scan import WorkList, collect_work
+from meter_batch.ingest.thumbnails import ThumbnailSource, make_thumbnails
 from meter_batch.model.encoder import DevicePlan, plan_device
 from meter_batch.model.identity import model_source
 from meter_batch.model.loading import LoadedModel, load_model, load_verified
@@ -65,6 +66,7 @@ from meter_batch.store.records import (
     counts_of,
     ordered_fields,
 )
+from meter_batch.store.thumbnails import cached_hashes, stage_thumbnails
 from meter_batch.store.write import ImageRows, RunWriter
 
 log = logging.getLogger("meter_batch")
@@ -89,6 +91,7 @@ class RunSummary(RunCounts):
     # the workers' bytes, decoding (nvjpeg + resize) while the model ran, and waiting for
     # the model to take decoded batches; empty when the workers decode everything
     decoder_seconds: dict[str, float] = field(default_factory=dict)
+    thumbnails: int = 0  # made and committed by --thumbnails
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -156,6 +159,8 @@ class _EncodeRun:
         self.pending_supersedes: list[Tombstone] = []
         self.jpeg_on_device = False
         self.report = LoopReport()
+        self.thumbnail_sources: list[ThumbnailSource] = []  # --thumbnails: what was encoded
+        self.thumbnails_made = 0
 
     def execute(self, loaded: LoadedModel, interactive: bool | None, started: float) -> None:
         device = plan_device(self.config.device, self.config.precision)
@@ -192,6 +197,21 @@ class _EncodeRun:
             record = _run_record(self.config, device, self, time.monotonic() - started)
             self._commit(index, final=True, record=record)
         self.loop_seconds = time.monotonic() - loop_started
+        if self.config.thumbnails:
+            self._commit_thumbnails(interactive)
+
+    def _commit_thumbnails(self, interactive: bool | None) -> None:
+        """The thumbnails of this run's images the store has not got (their own commit,
+        after the run's: a crash here loses thumbnails only, never a row)."""
+        cached = cached_hashes(self.store)
+        todo = [s for s in self.thumbnail_sources if s.content_hash not in cached]
+        made = make_thumbnails(list({s.content_hash: s for s in todo}.values()), interactive)
+        if made:
+            relpath = stage_thumbnails(self.store, self.run_id, made)
+            parts = (*self.store.manifest.thumbnail_parts, relpath)
+            commit(self.store, next_manifest(self.store, thumbnail_parts=parts), [relpath], None)
+            refresh_catalog(self.store)
+        self.thumbnails_made = len(made)
 
     def _stored(self, relpath: bytes) -> bytes:
         return self.prefix + relpath
@@ -215,6 +235,12 @@ class _EncodeRun:
         if embeddings is not None:
             ids = self.writer.add_images(_rows(self.work, batch, embeddings, self.prefix))
             add_embeddings(index, ids, embeddings)
+            if self.config.thumbnails:
+                root = self.config.images_dir
+                self.thumbnail_sources += [
+                    ThumbnailSource(d.content_hash, root / os.fsdecode(self.work.relpath(i)))
+                    for i, d in zip(batch.indices, batch.good, strict=True)
+                ]
         for position in [*batch.indices, *(d.index for d in batch.failures)]:
             old = self.changes.supersedes.get(position)
             if old is not None:
@@ -301,6 +327,7 @@ class _EncodeRun:
             stage_seconds=self.report.rounded(),
             compiled=self.report.compiled,
             decoder_seconds=self.report.decoder_rounded(),
+            thumbnails=self.thumbnails_made,
         )
 
 

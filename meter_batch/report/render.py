@@ -64,7 +64,6 @@ def context(
         "failures_chart": _failures_chart(page),
         "set_charts": [_set_charts(view) for view in page.sets],
         "map_chart": charts.map_chart(points) if page.map.shown else None,
-        "map_points": points,
     }
 
 

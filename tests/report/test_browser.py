@@ -164,7 +164,8 @@ def test_hovering_a_map_point_shows_its_thumbnail_and_path(opened):
     point = page.evaluate(
         """() => {
             const view = window.reportViews["chart-map"];
-            const p = JSON.parse(document.getElementById("map-points").textContent)[0];
+            const spec = JSON.parse(document.getElementById("spec-map").textContent);
+            const p = spec.datasets.values[0];
             const [left, top] = view.origin();
             const pad = view.padding();
             return {...p, px: view.scale("x")(p.x) + left + pad.left,
@@ -178,7 +179,9 @@ def test_hovering_a_map_point_shows_its_thumbnail_and_path(opened):
     tooltip.locator("img").wait_for()
     # the point under the mouse (another may lie on top of the one aimed at): its
     # thumbnail and path, as the map's data have them
-    points = page.evaluate("() => JSON.parse(document.getElementById('map-points').textContent)")
+    points = page.evaluate(
+        "() => JSON.parse(document.getElementById('spec-map').textContent).datasets.values"
+    )
     shown = next(p for p in points if p["path"] and p["path"] in tooltip.inner_text())
     assert tooltip.locator("img").get_attribute("src").endswith(shown["image"])
 

@@ -15,10 +15,12 @@ import pytest
 
 from meter_batch.cli import main
 from meter_batch.errors import ConfigError
+from meter_batch.ingest.thumbnails import picture
+from meter_batch.labels.classify_run import classify
 from meter_batch.report.report_run import report
-from meter_batch.report.thumbnails import picture
 from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import open_store
+from tests.helpers import encode_images, labels_toml, make_images
 from tests.report.conftest import HOSTILE, SETTINGS
 
 
@@ -188,3 +190,22 @@ def _point_runs_at(store: Path, images: Path) -> None:
         runs = tuple(replace(r, images_dir=str(images)) for r in opened.manifest.runs)
         commit(opened, next_manifest(opened, runs=runs), [], None)
         refresh_catalog(open_existing(store, lock))
+
+
+def test_encode_thumbnails_keeps_every_encoded_image_for_a_report_after_deletion(tmp_path, configs):
+    images = tmp_path / "images"
+    relpaths = make_images(images, 6)
+    shutil.copy(images / relpaths[0], images / "copy.jpg")  # the same bytes: one thumbnail
+    store = tmp_path / "store"
+    summary = encode_images(images, store, str(configs["vit"]), workers=0, thumbnails=True)
+    assert (summary.encoded, summary.thumbnails) == (7, 6)
+    manifest = open_store(store).manifest
+    assert len(manifest.thumbnail_parts) == 1
+    again = encode_images(images, store, str(configs["vit"]), workers=0, thumbnails=True)
+    assert (again.encoded, again.thumbnails) == (0, 0)  # nothing new, nothing made
+    labels = labels_toml(tmp_path, "m", digital="a digital meter", rotary="a rotary counter")
+    classify(store, labels, interactive=False)
+    shutil.rmtree(images)  # the archive's files deleted after the encode
+    result = report(store, (), None, tmp_path / "out", SETTINGS)
+    assert (result.thumbnails_made, result.thumbnails_missing) == (0, 0)
+    assert len(list((tmp_path / "out" / "thumbs").iterdir())) == 6

@@ -129,3 +129,19 @@ def test_bench_classify_times_the_users_baseline_beside_classify(tmp_path, capsy
     assert result["product_torch_per_s"] > 0 and result["product_numpy_per_s"] > 0
     assert f"classify uses {result['product_kernel']}" in printed
     assert f"adapter {result['warm_adapter_per_s']:,}/s" in printed
+
+
+def test_bench_report_times_a_report_of_a_store_with_two_scored_versions(tmp_path, capsys):
+    from meter_batch.cli import main
+
+    out = tmp_path / "r.json"
+    argv = ["-q", "bench", "report", "--n", "3000", "--dim", "16", "--labels", "4",
+            "--dir", str(tmp_path / "b"), "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (result,) = json.loads(out.read_text())
+    assert (result["n"], result["labels"]) == (3000, 4)
+    assert result["report_s"] > 0 and result["peak_rss_mib"] > 0 and result["folder_mib"] > 0
+    assert f"{result['report_s']:>9.2f}" in capsys.readouterr().out
+    assert not (tmp_path / "b" / "store").exists()  # the store is removed, the report kept
+    html = (tmp_path / "b" / "report" / "index.html").read_text(encoding="utf-8")
+    assert "What changed" in html and html.count('class="gallery" data-kind="most"') == 4

@@ -14,14 +14,13 @@ function drawCharts() {
       .then((result) => {
         views[holder.id] = result.view; // for the browser tests (scales, signals)
         holder.dataset.drawn = "true";
-        if (holder.dataset.map) followSelection(result.view, holder.dataset.map);
+        if (holder.dataset.map) followSelection(result.view, spec.datasets.values);
       })
       .catch((error) => console.error("chart", holder.id, error));
   }
 }
 
-function followSelection(view, pointsId) {
-  const points = JSON.parse(document.getElementById(pointsId).textContent);
+function followSelection(view, points) {
   showMapImages(points, null);
   view.addSignalListener("brush", (_name, box) => showMapImages(points, box));
 }
