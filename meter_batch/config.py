@@ -269,8 +269,8 @@ class EncodeSettings:
     )
     thumbnails: bool = setting(
         "also make `report`'s thumbnails of the images encoded and keep them in the store "
-        "(for archives whose files will be deleted): a second read and a small decode of "
-        "each, after the run's commit",
+        "(for archives whose files will be deleted): the decode workers make them from the "
+        "image they decode (JPEGs decoded on the GPU: read again after the run)",
         default=False,
     )
 

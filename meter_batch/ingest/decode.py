@@ -25,8 +25,10 @@ from meter_batch import faults
 from meter_batch.errors import ModelError
 from meter_batch.ingest.pixels import frame_count, normalize_image
 from meter_batch.ingest.scan import WorkList
+from meter_batch.ingest.thumbnails import picture, picture_of
 from meter_batch.store.records import FailureKind
 from meter_batch.store.schema import content_hash
+from meter_batch.store.thumbnails import Thumbnail
 
 PixelFn = Callable[[Image.Image], Image.Image]
 
@@ -50,6 +52,7 @@ class DecodeOptions:
     max_pixels: int
     draft_to: int | None = None
     jpeg_on_device: bool = False  # plain JPEGs: ship the bytes, the model's device decodes
+    thumbnails: bool = False  # encode --thumbnails: the thumbnail too, from the same decode
 
 
 def split_preprocess(preprocess: Any) -> PixelStage:
@@ -90,6 +93,7 @@ class Decoded:
     # a plain JPEG's bytes for gpu_decode (then ``pixels`` is None): a uint8 tensor, so it
     # travels from the worker through shared memory, not pickled through the pipe
     jpeg: torch.Tensor | None = None
+    thumbnail: Thumbnail | None = None  # encode --thumbnails, where the worker decoded it
 
 
 def configure_decoder_process(in_worker: bool = True) -> None:
@@ -195,7 +199,13 @@ def _decode_into(result: Decoded, data: bytes, options: DecodeOptions) -> None:
         if options.draft_to and image.format == "JPEG":
             _draft(image, options.draft_to)
         image.load()
-        pixels = options.pixel_fn(normalize_image(image))
+        upright = normalize_image(image)
+        pixels = options.pixel_fn(upright)
+        if options.thumbnails:  # a JPEG again from its bytes at 1/8 scale: cheaper than
+            # resizing the picture decoded for the model (drafted to 2x its input at most)
+            jpeg = image.format == "JPEG"
+            digest = result.content_hash
+            result.thumbnail = picture(digest, data) if jpeg else picture_of(digest, upright)
     result.pixels = np.asarray(pixels, dtype=np.uint8)
 
 

@@ -185,7 +185,9 @@ def decode_options(
     if on_device and not device_decoder_fits(dict(loaded.identity.preprocess)):
         on_device = False
     draft_to = None if config.exact else stage.short_side
-    return DecodeOptions(stage.transform, config.max_pixels, draft_to, on_device)
+    return DecodeOptions(
+        stage.transform, config.max_pixels, draft_to, on_device, thumbnails=config.thumbnails
+    )
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ from meter_batch.store.records import (
     counts_of,
     ordered_fields,
 )
-from meter_batch.store.thumbnails import cached_hashes, stage_thumbnails
+from meter_batch.store.thumbnails import Thumbnail, cached_hashes, stage_thumbnails
 from meter_batch.store.write import ImageRows, RunWriter
 
 log = logging.getLogger("meter_batch")
@@ -159,7 +159,10 @@ class _EncodeRun:
         self.pending_supersedes: list[Tombstone] = []
         self.jpeg_on_device = False
         self.report = LoopReport()
-        self.thumbnail_sources: list[ThumbnailSource] = []  # --thumbnails: what was encoded
+        # --thumbnails: those the workers made, and the files of the others (decoded on
+        # the GPU), which are read again after the run's commit
+        self.thumbnails_decoded: dict[bytes, Thumbnail] = {}
+        self.thumbnail_sources: list[ThumbnailSource] = []
         self.thumbnails_made = 0
 
     def execute(self, loaded: LoadedModel, interactive: bool | None, started: float) -> None:
@@ -200,12 +203,26 @@ class _EncodeRun:
         if self.config.thumbnails:
             self._commit_thumbnails(interactive)
 
+    def _keep_thumbnails(self, batch: DecodedBatch) -> None:
+        root = self.config.images_dir
+        for position, decoded in zip(batch.indices, batch.good, strict=True):
+            if decoded.thumbnail is not None:
+                self.thumbnails_decoded[decoded.content_hash] = decoded.thumbnail
+            else:
+                file = root / os.fsdecode(self.work.relpath(position))
+                self.thumbnail_sources.append(ThumbnailSource(decoded.content_hash, file))
+
     def _commit_thumbnails(self, interactive: bool | None) -> None:
         """The thumbnails of this run's images the store has not got (their own commit,
         after the run's: a crash here loses thumbnails only, never a row)."""
-        cached = cached_hashes(self.store)
-        todo = [s for s in self.thumbnail_sources if s.content_hash not in cached]
-        made = make_thumbnails(list({s.content_hash: s for s in todo}.values()), interactive)
+        stored = cached_hashes(self.store)
+        ready = {h: t for h, t in self.thumbnails_decoded.items() if h not in stored}
+        todo = {
+            s.content_hash: s
+            for s in self.thumbnail_sources
+            if s.content_hash not in stored and s.content_hash not in ready
+        }
+        made = [*ready.values(), *make_thumbnails(list(todo.values()), interactive)]
         if made:
             relpath = stage_thumbnails(self.store, self.run_id, made)
             parts = (*self.store.manifest.thumbnail_parts, relpath)
@@ -236,11 +253,7 @@ class _EncodeRun:
             ids = self.writer.add_images(_rows(self.work, batch, embeddings, self.prefix))
             add_embeddings(index, ids, embeddings)
             if self.config.thumbnails:
-                root = self.config.images_dir
-                self.thumbnail_sources += [
-                    ThumbnailSource(d.content_hash, root / os.fsdecode(self.work.relpath(i)))
-                    for i, d in zip(batch.indices, batch.good, strict=True)
-                ]
+                self._keep_thumbnails(batch)
         for position in [*batch.indices, *(d.index for d in batch.failures)]:
             old = self.changes.supersedes.get(position)
             if old is not None:

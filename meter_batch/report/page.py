@@ -16,8 +16,9 @@ from meter_batch.store.records import LabelSetEntry
 
 @dataclass(frozen=True)
 class Change:
-    """What changed from ``before`` (a version) to the set's version."""
+    """What changed from ``before`` (a version of set ``name``) to the set's version."""
 
+    name: str
     before: str
     transitions: list[dict[str, Any]]  # before, after, images
     cells: dict[tuple[str, str], list[Shown]]  # per changed cell, some of its images
@@ -28,7 +29,7 @@ class SetView:
     entry: LabelSetEntry
     summary: SetSummary
     review: list[Shown]  # lowest margins first
-    change: Change | None
+    changes: list[Change]  # from the name's previous version; from another set named
     truth: AgainstTruth | None
 
 
@@ -57,8 +58,8 @@ class Page:
             for items in (*view.summary.most.values(), *view.summary.least.values()):
                 yield from items
             yield from view.review
-            if view.change is not None:
-                for items in view.change.cells.values():
+            for change in view.changes:
+                for items in change.cells.values():
                     yield from items
             if view.truth is not None:
                 for items in view.truth.cells.values():

@@ -78,10 +78,10 @@ def _set_charts(view: SetView) -> dict[str, Any]:
         "counts": charts.label_counts_chart([vars(c) for c in summary.counts]),
         "histograms": charts.histograms_chart(summary.bins, 1 / HISTOGRAM_BINS),
     }
-    if view.change is not None:
-        found["changes"] = charts.transitions_chart(
-            view.change.transitions, view.change.before, view.entry.version
-        )
+    found["changes"] = [
+        charts.transitions_chart(change.transitions, change.before, view.entry.version)
+        for change in view.changes
+    ]
     if view.truth is not None and view.truth.reliability:
         found["reliability"] = charts.reliability_chart(view.truth.reliability)
     return found

@@ -59,7 +59,10 @@ def report(
     truth = read_truth(truth_file) if truth_file is not None else None
     # named sets must fit the truth file (as for evaluate); of every set, those that do
     strict = bool(names)
-    views = [_set_view(store, entry, truth, settings, strict) for entry in entries]
+    views = [
+        _set_view(store, entry, _compared(store.manifest, entries, n), truth, settings, strict)
+        for n, entry in enumerate(entries)
+    ]
     mapped = _map_view(store, entries, settings)
     page = Page(store_root, queries.overview(store_root), views, mapped)
     pictures = thumbnails(store, _wanted(store, page), interactive)
@@ -101,9 +104,22 @@ def _previous(manifest: Manifest, entry: LabelSetEntry) -> LabelSetEntry | None:
     return max(older, key=lambda e: e.classified_at or "", default=None)
 
 
+def _compared(manifest: Manifest, entries: list[LabelSetEntry], n: int) -> list[LabelSetEntry]:
+    """What entry ``n`` is compared with: the version of its name classified before it,
+    and the set named just before it on the command line when that one is another set
+    with the same label ids (an old and a new label set for the same meters)."""
+    entry = entries[n]
+    found = [e for e in [_previous(manifest, entry)] if e is not None]
+    before = entries[n - 1] if n else None
+    if before is not None and before.name != entry.name and set(before.labels) == set(entry.labels):
+        found.append(before)
+    return found
+
+
 def _set_view(
     store: Store,
     entry: LabelSetEntry,
+    compared: list[LabelSetEntry],
     truth_file: Truth | None,
     settings: ReportSettings,
     strict: bool,
@@ -112,15 +128,16 @@ def _set_view(
         store.root, entry.name, entry.version, entry.labels, settings.gallery
     )
     review = queries.review_queue(store.root, entry.version, settings.review)
-    previous = _previous(store.manifest, entry)
-    change = None
-    if previous is not None:
-        change = Change(
-            previous.version,
-            queries.transitions(store.root, previous.version, entry.version),
-            queries.changed_images(store.root, previous.version, entry.version, settings.gallery),
+    changes = [
+        Change(
+            before.name,
+            before.version,
+            queries.transitions(store.root, before.version, entry.version),
+            queries.changed_images(store.root, before.version, entry.version, settings.gallery),
         )
-    return SetView(entry, summary, review, change, _truth_view(store, entry, truth_file, strict))
+        for before in compared
+    ]
+    return SetView(entry, summary, review, changes, _truth_view(store, entry, truth_file, strict))
 
 
 def _truth_view(

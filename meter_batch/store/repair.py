@@ -186,6 +186,8 @@ def _what_then(store: Store, relpath: str, drop: bool) -> str:
         "tombstones": "rows it ended are ended again (deleted files by the next encode)",
         "labelsets": "the next classify with that label file makes it again (needs the model)",
         "predictions": "the next classify with that label file scores every image again",
+        "thumbnails": "the next report makes its thumbnails again (of images whose files "
+        "are still there; the others show placeholders)",
     }[first]
     if relpath.startswith(f"{first}/examples-"):  # an example part (evaluate, calibrate)
         then = "the next command that needs those example files encodes them again"

@@ -18,7 +18,7 @@ from meter_batch.errors import ConfigError
 from meter_batch.ingest.thumbnails import picture
 from meter_batch.labels.classify_run import classify
 from meter_batch.report.report_run import report
-from meter_batch.store.catalog import run_query
+from meter_batch.store.catalog import refresh_catalog, run_query
 from meter_batch.store.commit import open_store
 from tests.helpers import encode_images, labels_toml, make_images
 from tests.report.conftest import HOSTILE, SETTINGS
@@ -192,7 +192,13 @@ def _point_runs_at(store: Path, images: Path) -> None:
         refresh_catalog(open_existing(store, lock))
 
 
-def test_encode_thumbnails_keeps_every_encoded_image_for_a_report_after_deletion(tmp_path, configs):
+def test_encode_thumbnails_keeps_every_encoded_image_for_a_report_after_deletion(
+    tmp_path, configs, monkeypatch
+):
+    def read_again(source):
+        raise AssertionError(f"{source.file} read twice: the decoder makes its thumbnail")
+
+    monkeypatch.setattr("meter_batch.ingest.thumbnails._from_file", read_again)
     images = tmp_path / "images"
     relpaths = make_images(images, 6)
     shutil.copy(images / relpaths[0], images / "copy.jpg")  # the same bytes: one thumbnail
@@ -209,3 +215,54 @@ def test_encode_thumbnails_keeps_every_encoded_image_for_a_report_after_deletion
     result = report(store, (), None, tmp_path / "out", SETTINGS)
     assert (result.thumbnails_made, result.thumbnails_missing) == (0, 0)
     assert len(list((tmp_path / "out" / "thumbs").iterdir())) == 6
+
+
+def test_two_sets_with_the_same_label_ids_show_what_changed_between_them(reported, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(reported.store, store)
+    refresh_catalog(open_store(store))  # the copy's catalog names the copy's files
+    other = {"digital": "numbers on a screen", "rotary": "a counter", HOSTILE: "a needle"}
+    classify(store, labels_toml(tmp_path, "meters-b", **other), interactive=False)
+    versions = {e.name: e.version for e in open_store(store).manifest.label_sets}
+    report(store, ("meters", "meters-b"), None, tmp_path / "out", SETTINGS)
+    html = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    current = _current_of(store, "meters")
+    assert f"from label set meters, version {current}" in html
+    spec = re.search(r'<script type="application/json" id="spec-changes-2-1">(.*?)</script>', html)
+    assert spec
+    cells = json.loads(spec.group(1))["datasets"]["values"]
+    expected = run_query(
+        store,
+        "SELECT a.label AS before, b.label AS after, count(*) AS images FROM predictions AS a "
+        "JOIN predictions AS b USING (image_id) WHERE a.label_set_version = $a "
+        "AND b.label_set_version = $b GROUP BY ALL ORDER BY ALL",
+        {"a": current, "b": versions["meters-b"]},
+    ).to_pylist()
+    assert cells == expected and sum(c["images"] for c in cells) == 14
+
+
+def _current_of(store: Path, name: str) -> str:
+    rows = run_query(
+        store, "SELECT version FROM current_label_sets WHERE name = $n", {"n": name}
+    ).to_pylist()
+    return str(rows[0]["version"])
+
+
+def test_a_damaged_thumbnail_part_is_found_by_verify_and_dropped_by_repair(
+    reported, tmp_path, capsys
+):
+    store = tmp_path / "store"
+    shutil.copytree(reported.store, store)
+    refresh_catalog(open_store(store))
+    (part,) = open_store(store).manifest.thumbnail_parts
+    (store / part).write_bytes((store / part).read_bytes()[:-40])
+    assert main(["verify", "--quick", str(store)]) == 8
+    assert part in capsys.readouterr().out
+    assert main(["repair", str(store)]) != 0  # not derived: only --drop-damaged takes it out
+    assert "the next report makes its thumbnails again" in capsys.readouterr().out
+    assert main(["repair", "--drop-damaged", str(store)]) == 0
+    assert open_store(store).manifest.thumbnail_parts == ()
+    assert main(["verify", str(store)]) == 0
+    _point_runs_at(store, reported.images)
+    again = report(store, (), None, tmp_path / "out", SETTINGS)
+    assert (again.thumbnails_made, again.thumbnails_missing) == (14, 0)  # made anew
