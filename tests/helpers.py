@@ -245,3 +245,60 @@ def fill(folder: Path, leave: int) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# --- a real browser (the report's tests) -------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+# as the machine's notes advise: no background connections (the network is closed)
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+ALL_CHARTS_DRAWN = (
+    "document.querySelectorAll('[data-spec]').length === "
+    "document.querySelectorAll('[data-drawn=true]').length"
+)
+
+
+def browser_missing() -> str | None:
+    """Why no headless Chromium can run here, or None when it can."""
+    if shutil.which(str(CHROMIUM)) is None:
+        return f"no {CHROMIUM} (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def section_screenshots(browser: Any, index: Path, folder: Path) -> list[Path]:
+    """A screenshot of each section of a report, once every chart is drawn; each one
+    checked to hold a picture (more than 50 colours), and every <img> loaded."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(index.resolve().as_uri())
+    page.wait_for_function(ALL_CHARTS_DRAWN)
+    loaded = "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+    assert page.evaluate(loaded)
+    shots = []
+    sections = page.locator("section.section")
+    for n in range(sections.count()):
+        shot = folder / f"section-{n}.png"
+        sections.nth(n).screenshot(path=str(shot))
+        with Image.open(shot) as image:
+            colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+        assert colours is not None and len(colours) > 50, shot  # not blank
+        shots.append(shot)
+    page.close()
+    return shots

@@ -9,39 +9,26 @@ installs the browser (apt, as root); locally, `apt-get install chromium`."""
 from __future__ import annotations
 
 import csv
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from meter_batch.store.catalog import run_query
+from tests.helpers import ALL_CHARTS_DRAWN, browser_missing, chromium, section_screenshots
 from tests.report.conftest import HOSTILE, SETTINGS, Reported
 
-CHROMIUM = Path("/usr/bin/chromium")
-_ALL_DRAWN = (
-    "document.querySelectorAll('[data-spec]').length === "
-    "document.querySelectorAll('[data-drawn=true]').length"
-)
-# as the machine's notes advise: no background connections (the network is closed)
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+_ALL_DRAWN = ALL_CHARTS_DRAWN
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if shutil.which(str(CHROMIUM)) is None:
-        pytest.skip(f"BROWSER TESTS SKIPPED: no {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("BROWSER TESTS SKIPPED: playwright is not installed (pip install -e '.[dev]')")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+    missing = browser_missing()
+    if missing is not None:
+        pytest.skip(f"BROWSER TESTS SKIPPED: {missing}")
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")
@@ -128,16 +115,9 @@ def test_a_label_id_made_of_html_stays_text(opened):
     assert not any("dialog" in p for p in problems)
 
 
-def test_each_section_screenshot_has_a_picture(opened, tmp_path):
-    page, _, _ = opened
-    sections = page.locator("section.section")
-    assert sections.count() == 3  # overview, the label set, the map
-    for n in range(sections.count()):
-        shot = tmp_path / f"section-{n}.png"
-        sections.nth(n).screenshot(path=str(shot))
-        with Image.open(shot) as image:
-            colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
-        assert colours is not None and len(colours) > 50, shot  # not blank
+def test_each_section_screenshot_has_a_picture(browser, reported, tmp_path):
+    shots = section_screenshots(browser, reported.out / "index.html", tmp_path)
+    assert len(shots) == 3  # overview, the label set, the map
 
 
 def test_a_box_on_the_map_lists_the_images_inside_it(opened):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from meter_batch.cli import main
 from meter_batch.config import DemoSettings
 from meter_batch.tools.demo import MODEL_DIR, MODEL_WEIGHTS, run_demo
 from meter_batch.tools.demo_shifted import MODES, SHOTS, ShiftedResult, shifted_table
+from tests.helpers import browser_missing, chromium, section_screenshots
 
 # A little below what `meter-batch demo` measured on 600 held-out images (README: 99.5 %,
 # 99.5 %, 99.2 %): the first 60 of them are a noisier sample, and a retrained checkpoint
@@ -44,6 +46,19 @@ def test_the_demo_classifies_held_out_meters(tmp_path: Path) -> None:
     assert html.count('class="section label-set"') == 3  # the three standard sets
     assert html.count('class="truth"') == 2  # the meter-type sets, against the renders' types
     assert any((tmp_path / "report" / "thumbs").iterdir())
+    _screenshots(demo.report, tmp_path)
+
+
+def _screenshots(index: Path, folder: Path) -> None:
+    """The demo report in Chromium: every section drawn, thumbnails loaded (where a
+    browser can run; the browser tests say loudly when it cannot)."""
+    missing = browser_missing()
+    if missing is not None:
+        warnings.warn(f"demo report screenshots not taken: {missing}", stacklevel=2)
+        return
+    with chromium() as browser:
+        shots = section_screenshots(browser, index, folder)
+    assert len(shots) == 5  # overview, three label sets, the map
 
 
 def _check_shifted(shifted: ShiftedResult) -> None:
