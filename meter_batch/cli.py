@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import typing
@@ -51,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _output_closed()
     except ConfigError as exc:  # a setting is named as this command's flag for it
         flags: dict[str, str] = args.flags
         return _fail(exc.worded(lambda name: flags.get(name, name)), exc.exit_code)
@@ -73,6 +78,15 @@ class Terminated(KeyboardInterrupt):
 
 def _terminated(signum: int, frame: object) -> None:
     raise Terminated
+
+
+def _output_closed() -> int:
+    """The reader of our stdout went away (`| head -1`): stop quietly, as other CLIs do.
+    stdout now points at /dev/null, so the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141  # 128 + SIGPIPE: what a shell shows for a CLI the pipe's signal ended
 
 
 def _fail(message: str, code: int) -> int:

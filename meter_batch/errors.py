@@ -11,7 +11,7 @@
 Per-image problems are never raised: they become failure rows (store/records.py's
 FailureKind). Everything here is something the user must fix before the run can go on;
 the CLI prints it as one line and exits with ``error.exit_code`` (codes 0, 1, 8, 130 and
-143 are the CLI's own: EXIT_CODES).
+141 and 143 are the CLI's own: EXIT_CODES).
 """
 
 from __future__ import annotations
@@ -102,5 +102,6 @@ EXIT_CODES: dict[int, str] = {
     7: "store is locked by another run",
     8: "verify found problems in the store",
     130: "interrupted (Ctrl-C)",
+    141: "its output was closed early (a pipe's reader stopped, as `head` does): no traceback",
     143: "stopped by SIGTERM (systemd's stop, kill)",
 }

@@ -211,3 +211,25 @@ def test_sigterm_stops_like_ctrl_c_and_no_worker_outlives_the_run(tmp_path, conf
     time.sleep(1.0)
     assert not {w for w in workers if Path(f"/proc/{w}").exists()}, "a worker outlived the run"
     assert_consistent(store)
+
+
+@pytest.mark.parametrize("output", ["json", "csv"])
+def test_a_closed_pipe_stops_quietly_with_141(tmp_path, configs, output):
+    """`query ... | head -1`: the reader goes away mid-output; no BrokenPipeError
+    traceback, nothing on stderr, exit 141 (as a CLI the pipe's signal ends)."""
+    from tests.helpers import make_images
+
+    images, store = tmp_path / "images", tmp_path / "s"
+    make_images(images, 3)
+    assert main(encode_args(images, store, configs["vit"])) == 0
+    sql = "SELECT range AS n, 'row ' || range AS text FROM range(300000)"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "meter_batch", "query", str(store), sql, "--format", output],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert run.stdout is not None and run.stderr is not None
+    first = run.stdout.readline()
+    run.stdout.close()  # as head -1 does after its line
+    err = run.stderr.read().decode()
+    assert run.wait(timeout=60) == 141, err
+    assert err == "" and first.strip()
