@@ -621,7 +621,7 @@ def _job_argument(parser: argparse.ArgumentParser) -> dict[str, str]:
 def _run_job(args: argparse.Namespace) -> int:
     from meter_batch.jobs import run_job
 
-    return run_job(args.job)
+    return run_job(args.job, quiet=args.quiet)
 
 
 # --- tools: demo, synth, finetune, bench -----------------------------------------------

@@ -5,9 +5,10 @@ logs to a file, and returns an exit code cron can alert on."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,14 +114,16 @@ def _relative(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def run_job(path: Path) -> int:
-    """Run a job file; returns the exit code (0, or the first failing step's)."""
+def run_job(path: Path, quiet: bool = False) -> int:
+    """Run a job file; returns the exit code (0, or the first failing step's). ``quiet``
+    (cron's `-q run`): no JSON line on stdout, so a good night prints nothing and cron
+    mails nothing; the log file has every step either way."""
     with contextlib.ExitStack() as cleanup:
         try:
             job = load_job(path)
             if job.log_file is not None:
                 cleanup.enter_context(_logging_to(job.log_file))
-            return _run_steps(job, path)
+            return _run_steps(job, path, quiet)
         except MeterBatchError as exc:
             log.error("job %s failed: %s", path, exc)
             return exc.exit_code
@@ -175,22 +178,54 @@ def _open_log(path: Path) -> logging.Handler:
     return handler
 
 
-def _run_steps(job: Job, path: Path) -> int:
-    from meter_batch.ingest.encode_run import encode
-    from meter_batch.labels.classify_run import classify
+def _run_steps(job: Job, path: Path, quiet: bool) -> int:
+    """Every step, each on its own: a root that fails (a share not mounted) is logged and
+    the other roots and the label sets still run; the job then exits with the first
+    failing step's code, naming every step that failed."""
     from meter_batch.labels.label_sets import load_label_set
 
     configs = job.encode_configs()
     for labels in job.classify.label_sets:  # a typo in one must not cost a night's encode
         load_label_set(labels)
     log.info("job %s: start", path)
+    failed: list[tuple[str, MeterBatchError]] = []
     for config in configs:
-        summary = encode(config, interactive=False)
-        log.info("encode %s: %s", config.images_dir, json.dumps(summary.to_json()))
-        print(json.dumps({"step": "encode", **summary.to_json()}), flush=True)
+        _step(f"encode {config.images_dir}", functools.partial(_encode, config), quiet, failed)
     for labels in job.classify.label_sets:
-        result = classify(job.store, labels, job.model, interactive=False, make_current=True)
-        log.info("classify %s: %s", labels, json.dumps(result.to_json(), ensure_ascii=False))
-        print(json.dumps({"step": "classify", **result.to_json()}, ensure_ascii=False), flush=True)
+        _step(f"classify {labels}", functools.partial(_classify, job, labels), quiet, failed)
+    if failed:
+        names = "; ".join(f"{step} ({exc.exit_code})" for step, exc in failed)
+        log.error("job %s: %d step(s) failed: %s", path, len(failed), names)
+        return failed[0][1].exit_code
     log.info("job %s: done", path)
     return 0
+
+
+def _step(
+    name: str,
+    run: Callable[[], dict[str, Any]],
+    quiet: bool,
+    failed: list[tuple[str, MeterBatchError]],
+) -> None:
+    try:
+        summary = run()
+    except MeterBatchError as exc:
+        log.error("%s failed: %s", name, exc)
+        failed.append((name, exc))
+        return
+    log.info("%s: %s", name, json.dumps(summary, ensure_ascii=False))
+    if not quiet:
+        print(json.dumps(summary, ensure_ascii=False), flush=True)
+
+
+def _encode(config: EncodeConfig) -> dict[str, Any]:
+    from meter_batch.ingest.encode_run import encode
+
+    return {"step": "encode", **encode(config, interactive=False).to_json()}
+
+
+def _classify(job: Job, labels: Path) -> dict[str, Any]:
+    from meter_batch.labels.classify_run import classify
+
+    result = classify(job.store, labels, job.model, interactive=False, make_current=True)
+    return {"step": "classify", **result.to_json()}

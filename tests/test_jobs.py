@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,9 +66,40 @@ def test_a_quiet_cron_run_still_logs_every_step_to_the_log_file(tmp_path, config
         f'[encode]\nworkers = 0\n[[roots]]\npath = "a"\n'
     )
     assert main(["-q", "run", str(job)]) == 0
-    assert capsys.readouterr().err == ""  # quiet on the terminal ...
+    printed = capsys.readouterr()
+    assert (printed.out, printed.err) == ("", "")  # nothing for cron to mail ...
     log = (tmp_path / "nightly.log").read_text()
     assert "INFO job" in log and '"encoded": 3' in log and "done" in log  # ... not in the file
+    assert main(["run", str(job)]) == 0  # without -q: one JSON line per step
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["step"] for line in lines] == ["encode"]
+
+
+def test_a_root_not_mounted_fails_the_job_but_not_the_other_steps(tmp_path, configs, capsys):
+    from meter_batch.cli import main
+
+    make_images(tmp_path / "a", 3, seed=1)
+    make_images(tmp_path / "c", 2, seed=3)
+    labels = Path(__file__).parents[1] / "jobs" / "labelsets" / "meter-type.toml"
+    job = tmp_path / "nightly.toml"
+    job.write_text(
+        f'store = "store"\nlog_file = "nightly.log"\n'
+        f'[model]\nname = "{configs["vit"]}"\npretrained = "none"\n[encode]\nworkers = 0\n'
+        f'[[roots]]\npath = "a"\nprefix = "a/"\n[[roots]]\npath = "share-b"\nprefix = "b/"\n'
+        f'[[roots]]\npath = "c"\nprefix = "c/"\n[classify]\nlabel_sets = ["{labels}"]\n'
+    )
+    assert main(["-q", "run", str(job)]) == 3  # the missing root's code (input missing)
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    errors = printed.err.strip().splitlines()
+    assert len(errors) == 2 and "share-b" in errors[0] and "failed" in errors[0]
+    assert "1 step(s) failed" in errors[1] and "share-b" in errors[1]
+    paths = sorted(live(tmp_path / "store"))  # the roots before and after it were encoded
+    assert (
+        sum(p.startswith("a/") for p in paths) == 3 and sum(p.startswith("c/") for p in paths) == 2
+    )
+    counts = run_query(tmp_path / "store", "SELECT count(*) FROM latest_predictions")
+    assert counts.column(0).to_pylist() == [5]  # and the label set was applied to them
 
 
 def test_a_job_log_file_that_cannot_be_opened_is_a_setting_error(tmp_path, configs, capsys):
