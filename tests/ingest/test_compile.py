@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -25,7 +23,10 @@ def _counting_compile(monkeypatch: pytest.MonkeyPatch, calls: list[int], broken:
     real = torch.compile
 
     def fake(fn, **kwargs):
-        compiled = real(fn, **kwargs)
+        # Dynamo traces and runs the graph as the product asks, but through aot_eager:
+        # inductor's C++ build of the same graph costs ~35 s on a cold cache (a fresh CI
+        # machine) and is torch's to test; the GPU benchmark runs the real backend.
+        compiled = real(fn, **{**kwargs, "backend": "aot_eager"})
 
         def call(images):
             calls.append(images.shape[0])
@@ -38,9 +39,6 @@ def _counting_compile(monkeypatch: pytest.MonkeyPatch, calls: list[int], broken:
     monkeypatch.setattr(torch, "compile", fake)
 
 
-@pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler"
-)
 def test_compiled_batches_embed_like_eager_ones(tmp_path, image_dir, configs, monkeypatch):
     images, paths = image_dir  # 14 images in batches of 2: seven full batches
     eager = encode_images(images, tmp_path / "eager", configs["vit"], workers=0, batch_size=2)

@@ -1,4 +1,5 @@
-"""`bench report`: `report` on a big synthetic store, timed, in a fresh process.
+"""`bench report`: `report` on a big synthetic store, timed, in a fresh process
+(`report_child`, which imports what `meter-batch report` does: no torch).
 
 The store is `bench classify`'s (N random unit vectors) with two versions of a label
 set of random unit label vectors scored into it, so every section has data: counts,
@@ -23,17 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from meter_batch.config import BenchReportSettings, ReportSettings
+from meter_batch.config import BenchReportSettings
 from meter_batch.labels.predictions import PredictionWriter, write_label_matrix
 from meter_batch.labels.scoring import Scorer, ScoreSettings, score_files
 from meter_batch.labels.versions import after_classify
-from meter_batch.report.report_run import report
 from meter_batch.store.catalog import refresh_catalog
 from meter_batch.store.commit import commit, locked, next_manifest, open_existing
 from meter_batch.store.records import LabelSetEntry
 from meter_batch.store.vectors import BATCH_ROWS
 from meter_batch.tools.bench.classify import build_synthetic_store
-from meter_batch.tools.bench.common import peak_rss_mib
 
 NAME = "bench"
 
@@ -86,20 +85,6 @@ def _entry(dim: int, labels: int, number: int) -> LabelSetEntry:
     )
 
 
-def measure_report(root: Path, out: Path) -> dict[str, Any]:
-    """In a fresh process: wall time, peak RSS and the folder's size of one report."""
-    started = time.perf_counter()
-    result = report(root, (), None, out, ReportSettings())
-    seconds = time.perf_counter() - started
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    return {
-        "report_s": round(seconds, 2),
-        "peak_rss_mib": peak_rss_mib(),
-        "folder_mib": round(size / 2**20, 2),
-        "placeholders": result.thumbnails_missing,
-    }
-
-
 def run(settings: BenchReportSettings) -> list[dict[str, Any]]:
     root, out = settings.dir / "store", settings.dir / "report"
     started = time.perf_counter()
@@ -109,7 +94,7 @@ def run(settings: BenchReportSettings) -> list[dict[str, Any]]:
     os.sync()  # the store's gigabytes written back now, not during the timing
     shutil.rmtree(out, ignore_errors=True)
     child = subprocess.run(
-        [sys.executable, "-m", "meter_batch.tools.bench.report", str(root), str(out)],
+        [sys.executable, "-m", "meter_batch.tools.bench.report_child", str(root), str(out)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     result = json.loads(child.stdout.strip().splitlines()[-1])
@@ -124,7 +109,3 @@ def table(results: list[dict[str, Any]]) -> str:
         figures = f"{r['report_s']:>9.2f} {r['peak_rss_mib']:>13,.1f} {r['folder_mib']:>11.2f}"
         lines.append(f"{r['n']:>10,} {figures}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(json.dumps(measure_report(Path(sys.argv[1]), Path(sys.argv[2]))))
