@@ -22,4 +22,15 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2)
+# The oldest DuckDB the README promises opens the catalog (tests/store/test_catalog_clients.py)
+# runs in a venv of its own beside the project's: pip cannot hold two DuckDBs in one (pytz:
+# that client's Python API needs it to fetch TIMESTAMPTZ columns).
+oldest=$(.venv/bin/python -c "from meter_batch.store.catalog import OLDEST_DUCKDB; print(OLDEST_DUCKDB)")
+old=.venv/oldest-duckdb
+if ! "$old/bin/python" -c "import duckdb, pytz, sys; sys.exit(duckdb.__version__ != '$oldest')" 2> /dev/null; then
+    rm -rf "$old" && python3 -m venv "$old"
+    "$old/bin/python" -m pip install --quiet --disable-pip-version-check "duckdb==$oldest" pytz \
+        2> >(grep -v "^WARNING: Location" >&2)
+fi
+export METER_BATCH_OLDEST_DUCKDB="$PWD/$old/bin/python"
 exec .venv/bin/python -m pytest "$@"

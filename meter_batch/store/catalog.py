@@ -80,7 +80,9 @@ def refresh_catalog(store: Store) -> Path:
 
 def _build_catalog(temp: Path, store: Store) -> None:
     """The catalog written whole into ``temp``, fsynced, nothing left in a .wal."""
-    with duckdb.connect(str(temp)) as con:
+    with duckdb.connect(
+        str(temp), config={"storage_compatibility_version": _STORAGE_FORMAT}
+    ) as con:
         _create_tables(con, store)
         for statement in _view_statements(store):
             con.execute(statement)
@@ -216,7 +218,16 @@ _DUCKDB_TYPES = {  # the Arrow types of RUNS_SCHEMA and LABEL_SETS_SCHEMA
 
 # Raised whenever the catalog's tables or views change: a catalog of another version
 # counts as stale and the next encode or classify rebuilds it (verify reports it).
-CATALOG_VERSION = 5  # 3: evaluations; 4: current_label_sets; 5: few-shot columns
+CATALOG_VERSION = 6  # 3: evaluations; 4: current_label_sets; 5: few-shot; 6: file format
+
+# The oldest DuckDB that reads every view of the catalog: 1.3 is the first to read
+# Parquet's FLOAT16 (the embeddings; older ones see a BLOB). scripts/test.sh installs it
+# beside the project and tests/store/test_catalog_clients.py opens a catalog with it.
+OLDEST_DUCKDB = "1.3.0"
+# The file is written in DuckDB 1.0's storage format (file version 64), not the running
+# DuckDB's own: 2.0.1's own file (version 999) is refused by every 1.x client ("we can
+# only read versions between 64 and 68"). 1.0-1.2 open it too, all but the embeddings.
+_STORAGE_FORMAT = "v1.0.0"
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
