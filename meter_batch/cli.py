@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,9 @@ T = TypeVar("T")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.quiet)
+    if args.quiet and args.verbose:
+        return _fail("-q and -v contradict each other: give one", 2)
+    _configure_logging(args.quiet, args.verbose)
     handler: Handler = args.handler
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"meter-batch {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _verbosity_options(parser, default=False)
     parser.set_defaults(flags={})
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     for command in _COMMANDS:
@@ -127,10 +130,27 @@ class _Command:
     children: tuple[_Command, ...] = ()  # a command of commands (bench)
 
 
+def _verbosity_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """-q / -v before the command or after it (`meter-batch run job.toml -q`). After it
+    they default to SUPPRESS: unset, a sub-command must not reset what was given before."""
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="only warnings and errors"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="debug lines too, and the libraries' warnings (torch's, PIL's); evaluate: "
+        "the truth rows not in the store",
+    )
+
+
 def _add_command(commands: Commands, command: _Command) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         command.name, help=command.help, description=command.description
     )
+    _verbosity_options(parser, default=argparse.SUPPRESS)
     flags = {}
     if command.settings is not None:
         flags = _add_settings(parser, command.settings, command.required)
@@ -349,10 +369,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
         "--truth", type=Path, required=True, help="CSV: path (as stored) or image_id, label"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
-    parser.add_argument(
-        "--verbose", action="store_true", help="list the truth rows not in the store"
-    )
-    return _model_override_arguments(parser)
+    return _model_override_arguments(parser)  # -v also lists the truth rows not in the store
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -572,11 +589,12 @@ def _run_verify(args: argparse.Namespace) -> int:
     if not (args.store / STORE_FILE).is_file():  # exit 5, as for every other command
         raise StoreError(f"{args.store} is not a meter-batch store (no {STORE_FILE})")
     report = verify(args.store, quick=args.quick)
-    for note in report.notes:
-        print(f"note: {note}")
+    for note in report.notes:  # for the person: stderr; stdout stays one JSON line
+        print(f"note: {note}", file=sys.stderr)
     for problem in report.problems:
-        print(f"problem: {problem}")
-    print(json.dumps({"store": str(args.store), "ok": not report.problems, **report.counts}))
+        print(f"problem: {problem}", file=sys.stderr)
+    summary = {"store": str(args.store), "ok": not report.problems, **report.counts}
+    print(json.dumps({**summary, "problems": report.problems, "notes": report.notes}))
     return 8 if report.problems else 0
 
 
@@ -710,7 +728,7 @@ def _write_json(path: Path | None, results: object) -> None:
         path.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _configure_logging(quiet: bool) -> None:
+def _configure_logging(quiet: bool, verbose: bool) -> None:
     # Only our own logger: open_clip and faiss log chatter at INFO on the root logger.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s meter-batch: %(message)s", "%H:%M:%S"))
@@ -720,11 +738,26 @@ def _configure_logging(quiet: bool) -> None:
     logger.addHandler(handler)
     # the level on the terminal's handler, not the logger: a job's log file gets INFO even
     # when the terminal is quiet (cron runs `-q run`)
-    handler.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.setLevel(logging.INFO)
+    handler.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
     # A root handler stops logging.warning() in libraries from installing a default one.
     logging.getLogger().addHandler(logging.NullHandler())
+    warnings.showwarning = _library_warning
+
+
+def _library_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A library's warning (torch's "The given NumPy array is not writable", PIL's) is
+    for developers: a debug line (-v shows it), never Python's two lines on a terminal."""
+    where = f"{Path(filename).name}:{lineno}"
+    logging.getLogger("meter_batch").debug("%s: %s (%s)", category.__name__, message, where)
 
 
 _COMMANDS = (

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -233,3 +234,43 @@ def test_a_closed_pipe_stops_quietly_with_141(tmp_path, configs, output):
     err = run.stderr.read().decode()
     assert run.wait(timeout=60) == 141, err
     assert err == "" and first.strip()
+
+
+def _library_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`verify` made to meet a library's warning, as torch warns from its C++ code."""
+    import warnings
+
+    import meter_batch.store.verify as verify_module
+
+    real = verify_module.verify
+
+    def warning_verify(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn_explicit(
+            "The given NumPy array is not writable", UserWarning, "torch/_tensor.py", 1
+        )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "verify", warning_verify)
+
+
+def test_no_library_warning_reaches_the_terminal_but_v_logs_it(store, capsys, monkeypatch):
+    _, root, _ = store
+    _library_warns(monkeypatch)
+    capsys.readouterr()
+    assert main(["verify", str(root)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["verify", str(root), "-v"]) == 0  # -v after the sub-command, as before it
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(
+        "meter-batch: UserWarning: The given NumPy array is not writable (_tensor.py:1)"
+    )
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_q_and_v_go_before_or_after_the_sub_command(store, capsys, where):
+    _, root, _ = store
+    argv = ["-q", "verify", str(root)] if where == "before" else ["verify", str(root), "-q"]
+    parser_args = build_parser().parse_args(argv)
+    assert (parser_args.quiet, parser_args.verbose) == (True, False)
+    assert main(["-v", "verify", str(root), "-q"]) == 2
+    assert one_error_line(capsys) == "meter-batch: error: -q and -v contradict each other: give one"

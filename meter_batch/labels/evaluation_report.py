@@ -37,7 +37,7 @@ def report_text(report: EvaluateReport, verbose: bool = False) -> str:
     found = report.truth_rows - len(report.missing)
     lines = [
         f"truth {report.truth_file}: {report.truth_rows} rows, {found} live images of the "
-        f"store, {len(report.missing)} not in it" + ("" if verbose else " (--verbose lists them)"),
+        f"store, {len(report.missing)} not in it" + ("" if verbose else " (-v lists them)"),
         "",
         _side_by_side(report.sets),
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 from dataclasses import asdict
@@ -26,7 +27,14 @@ import pyarrow.parquet as pq
 
 from meter_batch import faults
 from meter_batch.errors import ConfigError, StoreError
-from meter_batch.store.commit import Store, fsync_dir, open_store, write_error
+from meter_batch.store.commit import (
+    Store,
+    fsync_dir,
+    locked,
+    open_existing,
+    open_store,
+    write_error,
+)
 from meter_batch.store.integrity import damaged
 from meter_batch.store.layout import CATALOG, LiveKind, catalog_empty_file, temp_name
 from meter_batch.store.records import EvaluationRecord, LabelSetEntry, Manifest, RunRecord
@@ -40,6 +48,8 @@ from meter_batch.store.schema import (
     embeddings_schema,
     predictions_schema,
 )
+
+log = logging.getLogger("meter_batch")
 
 
 def sql_root() -> Traversable:
@@ -176,10 +186,13 @@ def _quote(path: Path) -> str:
 
 
 def _create_tables(con: duckdb.DuckDBPyConnection, store: Store) -> None:
-    con.execute("CREATE TABLE catalog_info (manifest_seq BIGINT, catalog_version INTEGER)")
     con.execute(
-        "INSERT INTO catalog_info VALUES ($seq, $version)",
-        {"seq": store.manifest.seq, "version": CATALOG_VERSION},
+        "CREATE TABLE catalog_info (manifest_seq BIGINT, catalog_version INTEGER, "
+        "store_root VARCHAR)"
+    )
+    con.execute(
+        "INSERT INTO catalog_info VALUES ($seq, $version, $root)",
+        {"seq": store.manifest.seq, "version": CATALOG_VERSION, "root": _built_for(store.root)},
     )
     _create_table(con, "runs", RUNS_SCHEMA, [_run_row(r) for r in store.manifest.runs])
     label_sets = [_label_set_row(e) for e in store.manifest.label_sets]
@@ -219,6 +232,8 @@ _DUCKDB_TYPES = {  # the Arrow types of RUNS_SCHEMA and LABEL_SETS_SCHEMA
 # Raised whenever the catalog's tables or views change: a catalog of another version
 # counts as stale and the next encode or classify rebuilds it (verify reports it).
 CATALOG_VERSION = 6  # 3: evaluations; 4: current_label_sets; 5: few-shot; 6: file format
+# and the store's root (the views name files by absolute path: a moved or copied store's
+# catalog would read the old place's files, or none)
 
 # The oldest DuckDB that reads every view of the catalog: 1.3 is the first to read
 # Parquet's FLOAT16 (the embeddings; older ones see a BLOB). scripts/test.sh installs it
@@ -269,10 +284,47 @@ def catalog_is_current(store: Store) -> bool:
         return False
     try:
         with duckdb.connect(str(catalog), read_only=True) as con:
-            info = con.sql("SELECT manifest_seq, catalog_version FROM catalog_info").fetchall()
-    except duckdb.Error:  # no catalog_version column: built before versions were recorded
+            info = con.sql(
+                "SELECT manifest_seq, catalog_version, store_root FROM catalog_info"
+            ).fetchall()
+    except duckdb.Error:  # columns missing: built by an older meter-batch
         return False
-    return bool(info) and info[0] == (store.manifest.seq, CATALOG_VERSION)
+    return bool(info) and info[0] == (
+        store.manifest.seq, CATALOG_VERSION, _built_for(store.root)
+    )  # fmt: skip
+
+
+def _built_for(root: Path) -> str:
+    return str(root.resolve())  # as _file_list names the files
+
+
+def catalog_moved_from(store_root: Path) -> str | None:
+    """The root a catalog was built for, when that is not where the store is now (it was
+    moved or copied); None when it is, or the catalog does not say (an older one)."""
+    try:
+        with duckdb.connect(str(store_root / CATALOG), read_only=True) as con:
+            info = con.sql("SELECT store_root FROM catalog_info").fetchall()
+    except duckdb.Error:
+        return None
+    built_for = info[0][0] if info else None
+    return built_for if built_for not in (None, _built_for(store_root)) else None
+
+
+def follow_move(store_root: Path, built_for: str) -> None:
+    """Rebuild the catalog of a store found moved from ``built_for``: it is derived from
+    the manifest, as encode rebuilds a stale one. Someone who may not write the store
+    (or while a run holds it) gets one line naming what to run instead."""
+    try:
+        with locked(store_root) as lock:
+            refresh_catalog(open_existing(store_root, lock))
+    except (OSError, StoreError) as exc:
+        reason = str(exc) if isinstance(exc, StoreError) else f"{exc.strerror}: {exc.filename}"
+        raise StoreError(
+            f"{store_root / CATALOG} reads the files under {built_for}, not this store's (it "
+            f"was moved or copied) and could not be rebuilt here ({reason}): run "
+            f"`meter-batch repair {store_root}` as a user who may write to it"
+        ) from exc
+    log.info("the store was moved from %s: its catalog is rebuilt for %s", built_for, store_root)
 
 
 def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
@@ -282,6 +334,9 @@ def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) 
     catalog = store_root / CATALOG
     if not catalog.exists():
         raise StoreError(f"{store_root} has no {CATALOG}: run encode into it first")
+    built_for = catalog_moved_from(store_root)
+    if built_for is not None:
+        follow_move(store_root, built_for)
     try:
         with _open_sandboxed(store_root) as con:
             return con.sql(_one_select(con, sql), params=params or None).to_arrow_table()

@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 
 from meter_batch.errors import MeterBatchError, StoreError
-from meter_batch.store.catalog import catalog_is_current
+from meter_batch.store.catalog import catalog_is_current, catalog_moved_from
 from meter_batch.store.commit import Store, lock_is_held, open_store
 from meter_batch.store.index import index_ids, load_index
 from meter_batch.store.integrity import file_problem
@@ -168,6 +168,13 @@ def _check_catalog(store: Store, live: int, problems: list[str], lagging: list[s
     if not catalog.exists():
         problems.append(f"{CATALOG} is missing")
         return
+    built_for = catalog_moved_from(store.root)
+    if built_for is not None:  # its views would read another place's files, or none
+        problems.append(
+            f"{CATALOG} was built for the store at {built_for} (this one was moved or "
+            f"copied): `meter-batch repair {store.root}` or the next query rebuilds it"
+        )
+        return
     try:
         with duckdb.connect(str(catalog), read_only=True) as con:
             shown = con.sql("SELECT count(*) FROM images").fetchall()[0][0]
@@ -180,7 +187,7 @@ def _check_catalog(store: Store, live: int, problems: list[str], lagging: list[s
     else:  # a catalog a commit behind shows other counts: that it is behind says it all
         lagging.append(
             f"{CATALOG} was built from an older manifest or by an older meter-batch "
-            "(the next encode or classify rebuilds it)"
+            f"(the next encode or classify rebuilds it; `meter-batch repair {store.root}` now)"
         )
 
 

@@ -24,7 +24,7 @@ from meter_batch.ingest.encode_run import encode
 from meter_batch.labels.classify_run import classify
 from meter_batch.store.catalog import catalog_is_current, refresh_catalog, run_query
 from meter_batch.store.commit import open_store
-from tests.helpers import fill, labels_toml, small_filesystem
+from tests.helpers import fill, labels_toml, one_error_line, small_filesystem
 
 
 def test_query_formats_and_named_queries(store, tmp_path, capsys):
@@ -240,3 +240,54 @@ def test_a_really_full_disk_keeps_the_previous_catalog(encoded, small_disk):
     (small_disk / "filler").unlink()
     refresh_catalog(open_store(root))
     assert catalog_is_current(open_store(root)) and _debris(root) == []
+
+
+# --- a store moved or copied: the views name files by absolute path --------------------
+
+
+def test_a_moved_store_is_followed_by_query_and_found_by_verify(store, tmp_path, capsys):
+    _, root, _ = store
+    moved = tmp_path / "elsewhere" / "store"
+    moved.parent.mkdir()
+    shutil.move(root, moved)
+    capsys.readouterr()
+    assert main(["verify", str(moved)]) == 8
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"problem: catalog.duckdb was built for the store at {root.resolve()} (this one was "
+        f"moved or copied): `meter-batch repair {moved}` or the next query rebuilds it"
+    ]
+    assert main(["query", str(moved), "SELECT count(*) AS n FROM images", "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ['"n"', "14"]
+    assert f"the store was moved from {root.resolve()}" in err
+    assert main(["verify", str(moved)]) == 0 and catalog_is_current(open_store(moved))
+
+
+def test_a_copy_reads_its_own_files_not_the_originals(store, tmp_path):
+    _, root, _ = store
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    assert not catalog_is_current(open_store(copy))  # encode or classify would rebuild it
+    shutil.rmtree(root)  # a copy whose views still named the original's files reads none
+    assert run_query(copy, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 14}]
+
+
+def test_a_moved_store_that_cannot_be_written_says_what_to_run(
+    store, tmp_path, capsys, monkeypatch
+):
+    import meter_batch.store.catalog as catalog
+
+    _, root, _ = store
+    moved = tmp_path / "moved"
+    shutil.move(root, moved)
+
+    def read_only(path: Path) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path / ".lock"))
+
+    monkeypatch.setattr(catalog, "locked", read_only)
+    capsys.readouterr()
+    assert main(["query", str(moved), "SELECT 1"]) == 5
+    line = one_error_line(capsys)
+    assert f"reads the files under {root.resolve()}, not this store's" in line
+    assert f"(Permission denied: {moved / '.lock'}): run `meter-batch repair {moved}`" in line

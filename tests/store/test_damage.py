@@ -59,7 +59,8 @@ def _edit_manifest(store: Path, **changes: object) -> None:
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     capsys.readouterr()
     code = main(list(argv))
-    return code, capsys.readouterr().out
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err  # verify's problem lines go to stderr
 
 
 # --- item 2: a stale manifest under a higher name -------------------------------------

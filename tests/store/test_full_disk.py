@@ -22,10 +22,14 @@ from tests.helpers import (
     small_filesystem,
 )
 
-STALE_CATALOG = (
-    "catalog.duckdb was built from an older manifest or by an older meter-batch "
-    "(the next encode or classify rebuilds it)"
-)
+
+def stale_catalog(store: Path) -> str:
+    return (
+        "catalog.duckdb was built from an older manifest or by an older meter-batch "
+        f"(the next encode or classify rebuilds it; `meter-batch repair {store}` now)"
+    )
+
+
 INDEX_LAG = (
     "the FAISS index lags the parts (a run stopped before its last commit): "
     "run encode again, or rebuild-index"
@@ -57,7 +61,7 @@ def _assert_kept_last_commit(store: Path, before: int, point: str) -> None:
     the only problem is the catalog a commit behind, which the next run rebuilds."""
     seq = open_store(store).manifest.seq
     assert seq == (before + 1 if point == "catalog" else before)
-    assert verify(store).problems == ([STALE_CATALOG] if point == "catalog" else [])
+    assert verify(store).problems == ([stale_catalog(store)] if point == "catalog" else [])
 
 
 @pytest.mark.parametrize(
@@ -116,7 +120,7 @@ def test_a_really_full_filesystem_during_encode_and_classify(
                 # lags and its catalog may be a commit behind, as after a crash; the next
                 # run (the last line of this test) catches both up
                 problems = verify(store).problems
-                assert set(problems) <= {INDEX_LAG, STALE_CATALOG}, problems
+                assert set(problems) <= {INDEX_LAG, stale_catalog(store)}, problems
         assert main(_encode(images, store, checkpoint_model)) == 0
         assert_consistent(store)
     assert outcomes[5] >= 2 and outcomes[0] >= 2, outcomes  # both outcomes were exercised

@@ -34,9 +34,13 @@ def test_verify_lists_every_problem_and_rebuild_index_repairs_the_index(
     manifest_file.write_text(json.dumps(data))
     capsys.readouterr()
     assert main(["verify", str(store)]) == 8
-    out = capsys.readouterr().out
-    assert "has 100 bytes, its commit wrote" in out and "more than once" in out
-    assert "without a live row" in out
+    out, err = capsys.readouterr()
+    assert "has 100 bytes, its commit wrote" in err and "more than once" in err
+    assert "without a live row" in err
+    (line,) = out.splitlines()  # stdout: one JSON line, for scripts; the problems in it too
+    summary = json.loads(line)
+    assert summary["ok"] is False and summary["notes"] == []
+    assert [f"problem: {p}" for p in summary["problems"]] == err.splitlines()
 
 
 def test_verify_during_a_run_says_it_is_in_progress(tmp_path, image_dir, configs, capsys):
@@ -53,8 +57,8 @@ def test_verify_during_a_run_says_it_is_in_progress(tmp_path, image_dir, configs
     capsys.readouterr()
     with locked(store):
         assert main(["verify", str(store)]) == 0
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err
     assert "note: a run holds the store's lock: it is in progress" in out
     assert "note: the manifest lists no FAISS index but the store has live rows" in out
     assert main(["verify", str(store)]) == 8
-    assert "problem: the manifest lists no FAISS index" in capsys.readouterr().out
+    assert "problem: the manifest lists no FAISS index" in capsys.readouterr().err
