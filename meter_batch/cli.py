@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
+        if hasattr(args, "store_given"):
+            _settle_store(args)
         code = handler(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
         return code
@@ -181,6 +183,8 @@ def _add_settings(
         hint, details = hints[spec.name], setting_of(spec)
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             flags |= _add_settings(parser, hint, required, f"{prefix}{spec.name}.", optional_model)
+        elif spec.name == "store" and not prefix:  # STORE, --store or the environment
+            flags |= _store_argument(parser)
         elif details is not None and details.cli:
             dest = prefix + spec.name
             hidden = optional_model or spec.name in required
@@ -284,7 +288,7 @@ def _model_override(args: argparse.Namespace) -> ModelSpec | None:
 
 
 def _classify_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
-    parser.add_argument("--store", type=Path, required=True)
+    _store_argument(parser)
     parser.add_argument("--labels", type=Path, required=True, help="label-set TOML file")
     parser.add_argument(
         "--make-current",
@@ -332,6 +336,8 @@ def _run_labelsets(args: argparse.Namespace) -> int:
 def _versions_table(rows: list[Any]) -> str:
     import pyarrow as pa
 
+    from meter_batch.output import text_table
+
     table = pa.table(
         {
             "name": [r.entry.name for r in rows],
@@ -346,7 +352,7 @@ def _versions_table(rows: list[Any]) -> str:
             "last_accuracy": [r.last_accuracy for r in rows],
         }
     )
-    return _format_table(table)
+    return text_table(table)
 
 
 def _mode(entry: Any) -> str:
@@ -360,7 +366,7 @@ def _mode(entry: Any) -> str:
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
-    parser.add_argument("--store", type=Path, required=True)
+    _store_argument(parser)
     parser.add_argument(
         "--labels", type=Path, action="append", required=True,
         help="label-set TOML file (repeat to compare several side by side)",
@@ -383,7 +389,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
-    parser.add_argument("--store", type=Path, required=True)
+    _store_argument(parser)
     parser.add_argument("--labels", type=Path, required=True, help="label-set TOML file")
     parser.add_argument(
         "--truth", type=Path, required=True, help="CSV: path (as stored) or image_id, label"
@@ -416,7 +422,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
-    parser.add_argument("--store", type=Path, required=True)
+    _store_argument(parser)
     parser.add_argument(
         "--labels", action="append", default=[], metavar="NAME",
         help="a label-set name (its current version) or a version; repeatable "
@@ -449,10 +455,10 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _search_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("text", nargs="?", help="query text (or use --image)")
+    _store_argument(parser, then="text")
+    parser.add_argument("text", nargs="?", metavar="TEXT", help="query text (or use --image)")
     parser.add_argument("--image", type=Path, help="query image file")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    _output_arguments(parser)
     return _model_override_arguments(parser)
 
 
@@ -460,14 +466,18 @@ def _run_search(args: argparse.Namespace) -> int:
     from meter_batch.labels.search import search
 
     k = _from_args(SearchSettings, args).k
+    import pyarrow as pa
+
+    from meter_batch.output import write_rows
+
     hits = search(args.store, args.text, args.image, k, _model_override(args))
-    if args.format == "json":
-        for hit in hits:
-            print(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
-        return 0
-    print(f"{'rank':>4}  {'score':>8}  {'image_id':>9}  path")
-    for hit in hits:
-        print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.image_id:>9}  {hit.path}")
+    schema = pa.schema(
+        [("rank", pa.int64()), ("image_id", pa.int64()), ("score", pa.float64()),
+         ("path", pa.string())]
+    )  # fmt: skip
+    write_rows(
+        pa.Table.from_pylist([dataclasses.asdict(h) for h in hits], schema), args.format, args.out
+    )
     return 0
 
 
@@ -475,19 +485,21 @@ def _run_search(args: argparse.Namespace) -> int:
 
 
 def _query_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
-    _store_argument(parser)
-    parser.add_argument("sql", nargs="?", metavar="SQL")
+    _store_argument(parser, then="sql")
+    parser.add_argument(
+        "sql", nargs="?", metavar="SQL", help="the SELECT to run; - reads it from stdin"
+    )
     parser.add_argument("--named", metavar="NAME", help="a query from sql/queries/ (see --list)")
     parser.add_argument("--list", action="store_true", help="list the named queries")
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="bind $NAME"
     )
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    parser.add_argument("--out", type=Path, help="write the result to this Parquet file")
+    _output_arguments(parser)
     return {}
 
 
 def _run_query(args: argparse.Namespace) -> int:
+    from meter_batch.output import write_rows
     from meter_batch.store.catalog import named_queries, run_query
 
     queries = named_queries()
@@ -500,9 +512,22 @@ def _run_query(args: argparse.Namespace) -> int:
     if args.named is not None and args.named not in queries:
         raise ConfigError(f"no named query {args.named!r}; choices: {', '.join(queries)}")
     sql = queries[args.named] if args.named else args.sql
+    if sql == "-":
+        sql = sys.stdin.read()
     table = run_query(args.store, sql, _parse_params(args.param))
-    _print_table(table, args.format, args.out)
+    write_rows(table, args.format, args.out)
     return 0
+
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format", choices=("table", "csv", "json", "parquet"),
+        help="how rows are written (default: table, or what --out's extension names)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, metavar="FILE",
+        help="write the rows to FILE (.csv, .json: JSON lines, .parquet) instead of stdout",
+    )  # fmt: skip
 
 
 def _parse_params(pairs: list[str]) -> dict[str, object]:
@@ -515,63 +540,38 @@ def _parse_params(pairs: list[str]) -> dict[str, object]:
     return params
 
 
-def _print_table(table: Any, fmt: str, out: Path | None) -> None:
-    import pyarrow.csv
-    import pyarrow.parquet
-
-    if out is not None:
-        if not out.parent.is_dir():
-            raise ConfigError(f"--out: folder {out.parent} does not exist")
-        if out.is_dir():
-            raise ConfigError(f"--out {out} is a folder; give a file name (.parquet)")
-        pyarrow.parquet.write_table(table, out)
-        print(json.dumps({"rows": table.num_rows, "out": str(out)}))
-    elif fmt == "csv":
-        pyarrow.csv.write_csv(_flat_for_csv(table), sys.stdout.buffer)
-    elif fmt == "json":
-        for row in table.to_pylist():
-            print(json.dumps(row, ensure_ascii=False, default=str))
-    else:
-        print(_format_table(table))
+STORE_ENV = "METER_BATCH_STORE"
 
 
-def _flat_for_csv(table: Any) -> Any:
-    """CSV has no lists or binary: such columns are written as JSON text."""
-    import pyarrow as pa
-
-    for index, column in enumerate(table.columns):
-        kind = column.type
-        if (
-            pa.types.is_nested(kind)
-            or pa.types.is_binary(kind)
-            or pa.types.is_fixed_size_binary(kind)
-        ):
-            text = [json.dumps(v, default=lambda b: b.hex()) for v in column.to_pylist()]
-            table = table.set_column(index, table.field(index).name, pa.array(text, pa.string()))
-    return table
+def _store_argument(parser: argparse.ArgumentParser, then: str | None = None) -> dict[str, str]:
+    """The store, in any of the three forms every command accepts: STORE, --store STORE,
+    or $METER_BATCH_STORE. ``then``: the optional positional after STORE (search's TEXT,
+    query's SQL), which a lone positional is when the store came by flag or environment."""
+    parser.add_argument(
+        "store_given", nargs="?", metavar="STORE",
+        help=f"the store folder (or --store STORE, or ${STORE_ENV})",
+    )  # fmt: skip
+    parser.add_argument("--store", dest="store_flag", metavar="STORE", help="the same as STORE")
+    parser.set_defaults(store_then=then)
+    return {"store": "STORE"}
 
 
-def _format_table(table: Any, max_rows: int = 200) -> str:
-    names = table.column_names
-    rows = [[_cell(v) for v in row.values()] for row in table.slice(0, max_rows).to_pylist()]
-    widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
-    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    if table.num_rows > max_rows:
-        lines.append(f"... {table.num_rows - max_rows} more rows (use --format csv or --out)")
-    lines.append(f"({table.num_rows} rows)")
-    return "\n".join(lines)
+def _settle_store(args: argparse.Namespace) -> None:
+    """args.store from whichever form was given; two different stores are refused."""
+    from meter_batch.store.layout import STORE_FILE
 
-
-def _cell(value: object) -> str:
-    text = f"{value:.4f}" if isinstance(value, float) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _store_argument(parser: argparse.ArgumentParser) -> dict[str, str]:
-    parser.add_argument("store", type=Path, metavar="STORE")
-    return {}
+    given, flag, env = args.store_given, args.store_flag, os.environ.get(STORE_ENV)
+    then = args.store_then
+    lone = given is not None and (flag or env) and then and getattr(args, then) is None
+    if lone and not (Path(given) / STORE_FILE).is_file():  # a store's folder stays STORE
+        setattr(args, then, given)
+        given = None
+    if given is not None and flag is not None and Path(given) != Path(flag):
+        raise ConfigError(f"two stores given: {given} and --store {flag}; give one")
+    chosen = given or flag or env
+    if not chosen:
+        raise ConfigError(f"no store given: STORE, --store STORE, or {STORE_ENV}=STORE")
+    args.store = Path(chosen)
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:

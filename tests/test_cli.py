@@ -274,3 +274,74 @@ def test_q_and_v_go_before_or_after_the_sub_command(store, capsys, where):
     assert (parser_args.quiet, parser_args.verbose) == (True, False)
     assert main(["-v", "verify", str(root), "-q"]) == 2
     assert one_error_line(capsys) == "meter-batch: error: -q and -v contradict each other: give one"
+
+
+# --- one grammar: the store as STORE, --store STORE or METER_BATCH_STORE ---------------
+
+
+def _query_n(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().out.strip()
+
+
+def test_every_store_command_takes_store_as_positional_flag_or_environment(
+    store, capsys, monkeypatch
+):
+    _, root, _ = store
+    sql = "SELECT count(*) AS n FROM images"
+    expected = (0, '"n"\n14')
+    assert _query_n(capsys, "query", str(root), sql, "--format", "csv") == expected
+    assert _query_n(capsys, "query", "--store", str(root), sql, "--format", "csv") == expected
+    monkeypatch.setenv("METER_BATCH_STORE", str(root))
+    assert _query_n(capsys, "query", sql, "--format", "csv") == expected
+    assert _query_n(capsys, "query", str(root), sql, "--format", "csv") == expected  # both
+    for argv in (["verify"], ["verify", "--store", str(root)], ["labelsets"]):
+        assert main(argv) == 0
+    monkeypatch.delenv("METER_BATCH_STORE")
+    assert main(["verify"]) == 2
+    assert one_error_line(capsys) == (
+        "meter-batch: error: no store given: STORE, --store STORE, or METER_BATCH_STORE=STORE"
+    )
+    assert main(["verify", str(root), "--store", str(root.parent)]) == 2
+    assert "two stores given" in one_error_line(capsys)
+
+
+def test_search_text_and_store_in_every_form(store, capsys, monkeypatch):
+    _, root, _ = store
+    forms = [["search", str(root), "a meter"], ["search", "--store", str(root), "a meter"],
+             ["search", "a meter"]]  # fmt: skip
+    outputs = []
+    for argv in forms:
+        if argv == forms[-1]:
+            monkeypatch.setenv("METER_BATCH_STORE", str(root))
+        outputs.append(_query_n(capsys, *argv, "-k", "3", "--format", "csv"))
+    assert outputs[0] == outputs[1] == outputs[2]
+    code, text = outputs[0]
+    assert code == 0 and text.splitlines()[0] == '"rank","image_id","score","path"'
+    assert [line.split(",")[0] for line in text.splitlines()[1:]] == ["1", "2", "3"]
+
+
+def test_query_reads_its_sql_from_stdin_with_a_dash(store, capsys, monkeypatch):
+    import io
+
+    _, root, _ = store
+    monkeypatch.setattr(sys, "stdin", io.StringIO("SELECT count(*) AS n\nFROM images\n"))
+    assert _query_n(capsys, "query", str(root), "-", "--format", "json") == (0, '{"n": 14}')
+    monkeypatch.setenv("METER_BATCH_STORE", str(root))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("SELECT 2 AS two"))
+    assert _query_n(capsys, "query", "-", "--format", "json") == (0, '{"two": 2}')
+
+
+def test_query_out_writes_what_its_extension_names_and_refuses_a_mismatch(store, capsys, tmp_path):
+    _, root, _ = store
+    sql = "SELECT image_id FROM images ORDER BY 1 LIMIT 2"
+    assert main(["query", str(root), sql, "--out", str(tmp_path / "ids.json")]) == 0
+    lines = (tmp_path / "ids.json").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"image_id": 0}, {"image_id": 1}]
+    capsys.readouterr()
+    assert (
+        main(["query", str(root), sql, "--out", str(tmp_path / "x.csv"), "--format", "json"]) == 2
+    )
+    assert "is csv, but --format says json" in one_error_line(capsys)
+    assert not (tmp_path / "x.csv").exists()
