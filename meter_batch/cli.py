@@ -14,6 +14,8 @@ import inspect
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sys
 import typing
@@ -541,17 +543,23 @@ def _parse_params(pairs: list[str]) -> dict[str, object]:
 
 
 STORE_ENV = "METER_BATCH_STORE"
+# shtab's marks for what an argument completes to (its shtab.DIRECTORY, by value: the
+# parser is built on every run, shtab is imported only by `completion`)
+_FOLDERS = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
 
 
 def _store_argument(parser: argparse.ArgumentParser, then: str | None = None) -> dict[str, str]:
     """The store, in any of the three forms every command accepts: STORE, --store STORE,
     or $METER_BATCH_STORE. ``then``: the optional positional after STORE (search's TEXT,
     query's SQL), which a lone positional is when the store came by flag or environment."""
-    parser.add_argument(
+    given = parser.add_argument(
         "store_given", nargs="?", metavar="STORE",
         help=f"the store folder (or --store STORE, or ${STORE_ENV})",
     )  # fmt: skip
-    parser.add_argument("--store", dest="store_flag", metavar="STORE", help="the same as STORE")
+    flag = parser.add_argument(
+        "--store", dest="store_flag", metavar="STORE", help="the same as STORE"
+    )
+    given.complete = flag.complete = _FOLDERS  # type: ignore[attr-defined]
     parser.set_defaults(store_then=then)
     return {"store": "STORE"}
 
@@ -642,6 +650,18 @@ def _run_job(args: argparse.Namespace) -> int:
     return run_job(args.job, quiet=args.quiet)
 
 
+def _completion_argument(parser: argparse.ArgumentParser) -> dict[str, str]:
+    parser.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell to complete in")
+    return {}
+
+
+def _run_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 # --- tools: demo, synth, finetune, bench -----------------------------------------------
 
 
@@ -666,15 +686,29 @@ def _run_demo(args: argparse.Namespace) -> int:
             f"(synth --style shifted), evaluated on {settings.dir / STORE}; few-shot examples "
             "and the calibration images are other renders:\n" + shifted_table(shifted)
         )
+    us = how_we_were_run()
     print(
         f"\nstore:  {store}  (DuckDB catalog: {store / CATALOG})\n"
-        f"try:    meter-batch query {store} "
+        f"try:    {us} query {store} "
         '"SELECT label_set, label, count(*) AS n FROM latest_predictions '
         'GROUP BY ALL ORDER BY ALL"\n'
-        f'        meter-batch search --store {store} "アナログメーター丸型" -k 5'
+        f'        {us} search {store} "アナログメーター丸型" -k 5'
     )
     print(f"report: {result.report}\nopen:   {result.report.resolve().as_uri()}")
     return 0
+
+
+def how_we_were_run() -> str:
+    """The command that ran us, as the user can type it again from here: `meter-batch`
+    when that is on PATH, else the script's path as given (`.venv/bin/meter-batch` from
+    the README's first command, no venv activated), else `python -m meter_batch`."""
+    script = sys.argv[0] if sys.argv else ""
+    if Path(script).name == "meter-batch":
+        found = shutil.which("meter-batch")
+        if found is not None and Path(found).resolve() == Path(script).resolve():
+            return "meter-batch"
+        return shlex.quote(script)
+    return f"{shlex.quote(sys.executable)} -m meter_batch"
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -869,6 +903,15 @@ _COMMANDS = (
         description="For cron and systemd: see jobs/nightly.toml. Logs to the job's log_file; "
         "exits 0, or with the failing step's exit code.",
         arguments=_job_argument,
+    ),
+    _Command(
+        "completion",
+        _run_completion,
+        help="print a shell completion script (bash, zsh, tcsh) for meter-batch",
+        description="Generated from this parser by shtab, so it knows every command and "
+        "option: `meter-batch completion bash > ~/.local/share/bash-completion/completions/"
+        "meter-batch`, or `meter-batch completion zsh > ~/.zfunc/_meter-batch`.",
+        arguments=_completion_argument,
     ),
     _Command(
         "demo",

@@ -345,3 +345,62 @@ def test_query_out_writes_what_its_extension_names_and_refuses_a_mismatch(store,
     )
     assert "is csv, but --format says json" in one_error_line(capsys)
     assert not (tmp_path / "x.csv").exists()
+
+
+def _bash_completes(script: Path, *words: str) -> list[str]:
+    """What bash offers for the last of ``words``, through the script's own function."""
+    line = " ".join(words)
+    shell = (
+        f"source {script}\n"
+        f"COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}\n"
+        f"COMP_LINE={line!r}; COMP_POINT=${{#COMP_LINE}}\n"
+        f"_shtab_meter_batch meter-batch {words[-1]!r} {words[-2]!r}\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True)
+    return sorted(done.stdout.split())
+
+
+def test_bash_completion_knows_every_command_and_option(tmp_path, capsys):
+    assert main(["completion", "bash"]) == 0
+    script = tmp_path / "meter-batch.bash"
+    script.write_text(capsys.readouterr().out)
+    commands = _bash_completes(script, "meter-batch", "")
+    assert {"encode", "classify", "query", "search", "report", "completion"} <= set(commands)
+    assert _bash_completes(script, "meter-batch", "re") == ["rebuild-index", "repair", "report"]
+    assert _bash_completes(script, "meter-batch", "query", "--fo") == ["--format"]
+    assert _bash_completes(script, "meter-batch", "query", "--format", "") == [
+        "csv", "json", "parquet", "table"
+    ]  # fmt: skip
+    (tmp_path / "stores").mkdir()
+    (tmp_path / "stores.txt").write_text("")
+    folders = _bash_completes(script, "meter-batch", "verify", f"{tmp_path}/sto")
+    assert folders == [f"{tmp_path}/stores"]  # STORE completes to folders only
+
+
+def test_zsh_completion_is_generated_from_the_same_parser(capsys):
+    assert main(["completion", "zsh"]) == 0
+    script = capsys.readouterr().out
+    assert script.startswith("#compdef meter-batch")
+    assert "--make-current" in script and "--map-thumbnails" in script
+
+
+def test_the_demos_hints_name_a_command_that_runs_without_an_activated_venv(monkeypatch):
+    import shlex
+
+    from meter_batch.cli import how_we_were_run
+
+    bin_dir = Path(sys.executable).parent  # the venv's bin, where meter-batch is installed
+    script = bin_dir / "meter-batch"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no venv activated
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    assert how_we_were_run() == shlex.quote(str(script))
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # activated: the plain name
+    assert how_we_were_run() == "meter-batch"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(sys, "argv", [str(Path("meter_batch") / "__main__.py")])  # python -m
+    hint = how_we_were_run()
+    assert hint == f"{shlex.quote(sys.executable)} -m meter_batch"
+    done = subprocess.run([*shlex.split(hint), "--version"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"}, check=True)  # fmt: skip
+    assert done.stdout.startswith("meter-batch ")

@@ -80,4 +80,5 @@ def test_query_loads_no_faiss_and_verify_and_rebuild_index_no_torch(tmp_path: Pa
     output = [json.loads(line) for line in found.output]
     assert output[0] == {"store": str(store), "indexed": 5}
     assert output[1] == {"n": 5}
-    assert output[2] == {"store": str(store), "ok": True, "rows": 8, "live": 5, "tombstoned": 3}
+    assert output[2] == {"store": str(store), "ok": True, "rows": 8, "live": 5, "tombstoned": 3,
+                         "problems": [], "notes": []}  # fmt: skip

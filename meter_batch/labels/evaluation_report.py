@@ -9,6 +9,7 @@ from collections.abc import Callable
 from meter_batch.labels.calibrate_run import CalibrationReport
 from meter_batch.labels.evaluate_run import EvaluateReport, SetEvaluation
 from meter_batch.labels.metrics import Evaluation, Interval
+from meter_batch.output import display_width, ljust, rjust
 
 _ROWS: list[tuple[str, Callable[[Evaluation], str]]] = [
     ("images", lambda e: str(e.images)),
@@ -79,10 +80,10 @@ def _confusion(result: SetEvaluation) -> str:
 
 
 def _grid(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
+            ljust(cell, w) if i == 0 else rjust(cell, w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows

@@ -22,6 +22,7 @@ from meter_batch.config import DemoSettings, EncodeConfig, ModelSpec
 from meter_batch.errors import ConfigError
 from meter_batch.ingest.encode_run import RunSummary, encode
 from meter_batch.labels.classify_run import classify
+from meter_batch.output import display_width, ljust, rjust
 from meter_batch.store.catalog import run_query
 from meter_batch.tools.demo_shifted import FOLDER, STORE, ShiftedResult, run_shifted
 
@@ -75,11 +76,11 @@ class Confusion:
     def table(self) -> str:
         truths = sorted({t for t, _ in self.counts})
         predicted = truths + sorted({p for _, p in self.counts} - set(truths))
-        width = max(len(x) for x in [*predicted, "right \\ predicted"]) + 2
-        lines = ["right \\ predicted".ljust(width) + "".join(p.rjust(width) for p in predicted)]
+        width = max(display_width(x) for x in [*predicted, "right \\ predicted"]) + 2
+        lines = [ljust("right \\ predicted", width) + "".join(rjust(p, width) for p in predicted)]
         for truth in truths:
-            cells = "".join(str(self.counts.get((truth, p), 0)).rjust(width) for p in predicted)
-            lines.append(truth.ljust(width) + cells)
+            cells = "".join(rjust(str(self.counts.get((truth, p), 0)), width) for p in predicted)
+            lines.append(ljust(truth, width) + cells)
         return "\n".join(lines)
 
 

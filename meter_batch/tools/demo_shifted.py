@@ -20,6 +20,7 @@ from meter_batch.ingest.encode_run import encode
 from meter_batch.labels.calibrate_run import CalibrationReport, calibrate
 from meter_batch.labels.evaluate_run import EvaluateReport, SetEvaluation, evaluate
 from meter_batch.labels.label_sets import label_set_toml, load_label_set
+from meter_batch.output import display_width, ljust
 from meter_batch.tools.synthetic import write_synthetic_set
 
 log = logging.getLogger("meter_batch")
@@ -137,8 +138,8 @@ def shifted_table(result: ShiftedResult) -> str:
     """One row per label set: how it was made, accuracy with its interval, calibration."""
     header = ("label set", "mode", "ex./type", "accuracy [95 % CI]", "balanced", "ECE", "NLL")
     rows = [header, *(_row(s, result.shots.get(s.label_set, 0)) for s in result.report.sets)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(ljust(c, w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
 
 
