@@ -37,6 +37,7 @@ from meter_batch.config import (
     ModelSpec,
     ReportSettings,
     SearchSettings,
+    ServeSettings,
     Setting,
     SynthSettings,
     setting_of,
@@ -483,6 +484,17 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    return _store_argument(parser) | _model_override_arguments(parser)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from meter_batch.serve.serve_run import serve
+
+    serve(args.store, _from_args(ServeSettings, args), _model_override(args))
+    return 0
+
+
 # --- query, verify, rebuild-index, run: light commands over a store or a job file ------
 
 
@@ -862,6 +874,17 @@ _COMMANDS = (
         description="Top-k stored images by cosine similarity, from the FAISS index.",
         settings=SearchSettings,
         arguments=_search_arguments,
+    ),
+    _Command(
+        "serve",
+        _run_serve,
+        help="a local HTTP service: search by text or image, neighbours, predictions, thumbnails",
+        description="Load the store's model, FAISS index and paths once, then answer over "
+        "HTTP (JSON under /api/, a search page at /, thumbnails, originals, a --report "
+        "folder) until Ctrl-C; new commits are picked up without a restart. Read-only; "
+        "listens on 127.0.0.1 unless --host says otherwise.",
+        settings=ServeSettings,
+        arguments=_serve_arguments,
     ),
     _Command(
         "query",

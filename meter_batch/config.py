@@ -331,6 +331,20 @@ class ReportSettings:
 
 
 @settings
+class ServeSettings:
+    host: str = setting(
+        "address to listen on (another than 127.0.0.1 / ::1 / localhost is warned about: "
+        "no authentication)",
+        default="127.0.0.1",
+    )
+    port: int = setting("TCP port (0: a free one)", default=8765, minimum=0)
+    max_upload_mb: int = setting("largest image a search by image may send, in MiB", default=20)
+    report: Path | None = setting(
+        "a folder written by `meter-batch report`, served under /report/", default=None
+    )
+
+
+@settings
 class DemoSettings:
     dir: Path = setting("folder for the renders and the store", default=Path("demo-output"))
     count: int = setting(

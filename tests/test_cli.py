@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -101,14 +100,6 @@ def test_every_exit_code_is_in_the_help_and_readme():
     for code, meaning in EXIT_CODES.items():
         assert f"{code:>3}  {meaning}" in help_text
         assert f"| {code} |" in readme, code
-
-
-def test_every_command_is_documented_in_readme():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    actions = build_parser()._actions
-    (commands,) = [a.choices for a in actions if isinstance(a, argparse._SubParsersAction)]
-    for name in commands:
-        assert f"meter-batch {name}" in readme, name
 
 
 def test_python_dash_m_runs_the_cli():

@@ -33,7 +33,7 @@ from meter_batch.store.records import FewShotFit
 from meter_batch.store.schema import content_hash
 
 if TYPE_CHECKING:
-    from meter_batch.ingest.decode import DecodeOptions
+    from meter_batch.ingest.decode import Decoded, DecodeOptions
 
 log = logging.getLogger("meter_batch")
 MIN_EXAMPLES = 2  # cross-validation needs a fold to fit on and one to judge
@@ -266,6 +266,30 @@ def example_vectors(
 def encode_files(loaded: LoadedModel, files: list[Path], role: str = "example") -> list[np.ndarray]:
     """(D,) float16 unit vectors of image files, decoded and preprocessed as `encode`
     does (open_clip's own eval transform), on the CPU. ``role`` names them in errors."""
+    from meter_batch.ingest.decode import decode_file
+
+    encoder, options = _cpu_encoder(loaded)
+    vectors: list[np.ndarray] = []
+    for start in range(0, len(files), ENCODE_BATCH):
+        chunk = files[start : start + ENCODE_BATCH]
+        decoded = [(f, decode_file(bytes(f.resolve()), 0, options)) for f in chunk]
+        pixels = [_pixels(d, str(f), role) for f, d in decoded]
+        vectors.extend(encoder(torch.from_numpy(np.stack(pixels))))
+    return vectors
+
+
+def encode_image_data(loaded: LoadedModel, data: bytes, role: str) -> np.ndarray:
+    """One image's (D,) float16 unit vector from its bytes (an upload), as encode_files."""
+    from meter_batch.ingest.decode import Decoded, decode_into_result
+
+    encoder, options = _cpu_encoder(loaded)
+    decoded = Decoded(0)
+    decode_into_result(decoded, data, options)
+    pixels = _pixels(decoded, "the image sent", role)
+    return np.asarray(encoder(torch.from_numpy(pixels[None]))[0])
+
+
+def _cpu_encoder(loaded: LoadedModel) -> tuple[ImageEncoder, DecodeOptions]:
     # here, not at the top: scoring and classify load no image decoder unless an example
     # outside the store (or a search by image) needs one
     from meter_batch.ingest.decode import DecodeOptions, configure_decoder_process, split_preprocess
@@ -275,20 +299,12 @@ def encode_files(loaded: LoadedModel, files: list[Path], role: str = "example") 
     encoder = ImageEncoder(
         loaded.model, stage.mean, stage.std, plan_device("cpu", "fp32"), name=loaded.architecture
     )
-    options = DecodeOptions(stage.transform, 10**9)
-    vectors: list[np.ndarray] = []
-    for start in range(0, len(files), ENCODE_BATCH):
-        pixels = [_pixels(f, options, role) for f in files[start : start + ENCODE_BATCH]]
-        vectors.extend(encoder(torch.from_numpy(np.stack(pixels))))
-    return vectors
+    return encoder, DecodeOptions(stage.transform, 10**9)
 
 
-def _pixels(file: Path, options: DecodeOptions, role: str) -> np.ndarray:
-    from meter_batch.ingest.decode import decode_file
-
-    decoded = decode_file(bytes(file.resolve()), 0, options)
+def _pixels(decoded: Decoded, what: str, role: str) -> np.ndarray:
     if decoded.kind is not None or decoded.pixels is None:
-        raise InputError(f"cannot use {file} as {role}: {decoded.kind}: {decoded.message}")
+        raise InputError(f"cannot use {what} as {role}: {decoded.kind}: {decoded.message}")
     return decoded.pixels
 
 

@@ -20,7 +20,7 @@ from meter_batch.report.against_truth import AgainstTruth, against_truth
 from meter_batch.report.page import Change, MapView, Page, SetView
 from meter_batch.report.projection import project
 from meter_batch.report.render import write_report
-from meter_batch.report.thumbnails import Wanted, image_file, thumbnails
+from meter_batch.report.thumbnails import Wanted, thumbnails
 from meter_batch.store.catalog import refresh_catalog
 from meter_batch.store.commit import (
     Store,
@@ -31,6 +31,7 @@ from meter_batch.store.commit import (
     open_store,
 )
 from meter_batch.store.layout import new_run_id
+from meter_batch.store.read import image_file
 from meter_batch.store.records import LabelSetEntry, Manifest
 from meter_batch.store.thumbnails import Thumbnail, stage_thumbnails
 

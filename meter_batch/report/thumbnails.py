@@ -10,7 +10,6 @@ from pathlib import Path
 
 from meter_batch.ingest.thumbnails import ThumbnailSource, make_thumbnails
 from meter_batch.store.commit import Store
-from meter_batch.store.records import RunRecord
 from meter_batch.store.thumbnails import Thumbnail, read_thumbnails
 
 log = logging.getLogger(__name__)
@@ -29,14 +28,6 @@ class Thumbnails:
     found: dict[bytes, Thumbnail]  # by content hash; an image not here gets a placeholder
     made: list[Thumbnail]  # made now from files: for the store's cache
     missing: int  # no cached thumbnail and no file with the stored bytes
-
-
-def image_file(runs: dict[str, RunRecord], run_id: str, path: str) -> Path | None:
-    """The file a stored path came from: the run's image folder + the path below its prefix."""
-    run = runs.get(run_id)
-    if run is None or run.images_dir is None or not path.startswith(run.path_prefix):
-        return None
-    return Path(run.images_dir) / path[len(run.path_prefix) :]
 
 
 def thumbnails(store: Store, wanted: Iterable[Wanted], interactive: bool | None) -> Thumbnails:

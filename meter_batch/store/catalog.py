@@ -298,16 +298,41 @@ def _built_for(root: Path) -> str:
     return str(root.resolve())  # as _file_list names the files
 
 
+def _built_by(store_root: Path) -> tuple[int | None, str | None]:
+    """(catalog_version, store_root) a catalog records; None for what it does not say
+    (an older meter-batch's) or cannot be read."""
+    try:
+        with duckdb.connect(str(store_root / CATALOG), read_only=True) as con:
+            columns = {row[0] for row in con.sql("DESCRIBE catalog_info").fetchall()}
+            wanted = [c if c in columns else "NULL" for c in ("catalog_version", "store_root")]
+            info = con.sql(f"SELECT {', '.join(wanted)} FROM catalog_info").fetchall()
+    except duckdb.Error:
+        return None, None
+    return (info[0][0], info[0][1]) if info else (None, None)
+
+
 def catalog_moved_from(store_root: Path) -> str | None:
     """The root a catalog was built for, when that is not where the store is now (it was
     moved or copied); None when it is, or the catalog does not say (an older one)."""
-    try:
-        with duckdb.connect(str(store_root / CATALOG), read_only=True) as con:
-            info = con.sql("SELECT store_root FROM catalog_info").fetchall()
-    except duckdb.Error:
-        return None
-    built_for = info[0][0] if info else None
+    built_for = _built_by(store_root)[1]
     return built_for if built_for not in (None, _built_for(store_root)) else None
+
+
+def _catch_up(store_root: Path) -> None:
+    """Before a query: a catalog of a moved store is rebuilt (or the query refused: its
+    views would read another place's files); one an older meter-batch built is rebuilt if
+    the store can be written now, else queried as it is."""
+    version, built_for = _built_by(store_root)
+    if built_for not in (None, _built_for(store_root)):
+        assert built_for is not None
+        follow_move(store_root, built_for)
+    elif version != CATALOG_VERSION:
+        try:
+            with locked(store_root) as lock:
+                refresh_catalog(open_existing(store_root, lock))
+            log.info("%s was built by an older meter-batch: rebuilt", store_root / CATALOG)
+        except (OSError, StoreError) as exc:  # read-only, or a run holds it: query as it is
+            log.debug("not rebuilding the older catalog of %s: %s", store_root, exc)
 
 
 def follow_move(store_root: Path, built_for: str) -> None:
@@ -334,9 +359,7 @@ def run_query(store_root: Path, sql: str, params: dict[str, Any] | None = None) 
     catalog = store_root / CATALOG
     if not catalog.exists():
         raise StoreError(f"{store_root} has no {CATALOG}: run encode into it first")
-    built_for = catalog_moved_from(store_root)
-    if built_for is not None:
-        follow_move(store_root, built_for)
+    _catch_up(store_root)
     try:
         with _open_sandboxed(store_root) as con:
             return con.sql(_one_select(con, sql), params=params or None).to_arrow_table()

@@ -6,8 +6,9 @@ tombstone names its image_id.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from meter_batch.store.commit import Store
 from meter_batch.store.integrity import reading
+from meter_batch.store.records import RunRecord
 from meter_batch.store.schema import embeddings_schema
 from meter_batch.store.vectors import iter_vectors
 
@@ -155,3 +157,17 @@ def vectors_of(store: Store, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     if not found:
         return np.zeros(0, np.int64), np.zeros((0, store.identity.embed_dim), np.float32)
     return np.concatenate(found_ids), np.concatenate(found)
+
+
+def image_file(runs: Mapping[str, RunRecord], run_id: str, path: str) -> Path | None:
+    """The file a stored path came from: the run's image folder + the path below its
+    prefix. None when no run recorded a folder, or when the path would climb out of it
+    (a `..`, an absolute path: an edited store). Symlinked files, which encode follows,
+    are not resolved here: serve also refuses those that lead out of the folder."""
+    run = runs.get(run_id)
+    if run is None or run.images_dir is None or not path.startswith(run.path_prefix):
+        return None
+    below = PurePosixPath(path[len(run.path_prefix) :])
+    if below.is_absolute() or ".." in below.parts:
+        return None
+    return Path(run.images_dir) / below

@@ -91,8 +91,6 @@ def test_a_catalog_from_an_older_version_is_rebuilt_by_the_next_encode(store):
     images, root, spec = store
     _make_catalog_old(root)
     assert not catalog_is_current(open_store(root))
-    with pytest.raises(ConfigError, match=r"jpeg_decode.*out of date.*rebuilds it"):
-        run_query(root, "SELECT jpeg_decode FROM runs")
     config = EncodeConfig(images_dir=images, store=root, model=spec, workers=0)
     summary = encode(config, interactive=False)
     assert summary.encoded == 0 and summary.commits == 0  # nothing new, yet ...
@@ -100,6 +98,20 @@ def test_a_catalog_from_an_older_version_is_rebuilt_by_the_next_encode(store):
     assert run_query(root, "SELECT jpeg_decode FROM runs").to_pylist() == [
         {"jpeg_decode": "workers"}
     ]
+
+
+def test_a_query_rebuilds_an_older_catalog_first_unless_a_run_holds_the_store(store):
+    from meter_batch.store.commit import locked
+
+    _, root, _ = store
+    _make_catalog_old(root)
+    with locked(root):  # a run in progress: queried as it is, and the error says why
+        with pytest.raises(ConfigError, match=r"jpeg_decode.*out of date.*rebuilds it"):
+            run_query(root, "SELECT jpeg_decode FROM runs")
+    assert run_query(root, "SELECT jpeg_decode FROM runs").to_pylist() == [
+        {"jpeg_decode": "workers"}
+    ]
+    assert catalog_is_current(open_store(root))
 
 
 def test_views_count_what_was_stored(encoded, tmp_path):
