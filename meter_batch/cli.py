@@ -31,6 +31,7 @@ from meter_batch.config import (
     BenchEncodeSettings,
     BenchReportSettings,
     BenchRescanSettings,
+    BenchServeSettings,
     DemoSettings,
     EncodeConfig,
     FinetuneOptions,
@@ -756,10 +757,13 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _run_bench(args: argparse.Namespace) -> int:
     """Each benchmark module has ``run(settings) -> results`` and ``table(results)``."""
-    from meter_batch.tools.bench import classify, encode, report, rescan
+    from meter_batch.tools.bench import classify, encode, report, rescan, serve
 
     command: _Command = args.command
-    modules = {"encode": encode, "classify": classify, "rescan": rescan, "report": report}
+    modules = {
+        "encode": encode, "classify": classify, "rescan": rescan, "report": report,
+        "serve": serve,
+    }  # fmt: skip
     bench = modules[command.name]
     assert command.settings is not None  # every benchmark has its settings
     settings: Any = _from_args(command.settings, args)
@@ -1006,6 +1010,16 @@ _COMMANDS = (
                 "scored versions of a label set (no image files: thumbnails are placeholders), "
                 "in a fresh process: wall time, peak RSS, the folder's size.",
                 settings=BenchReportSettings,
+            ),
+            _Command(
+                "serve",
+                _run_bench,
+                help="`serve` over a synthetic store of --n images, asked over HTTP",
+                description="`meter-batch serve` in its own process over a synthetic store "
+                "of --n images recorded as --model's: median and 95th-percentile latency of "
+                "distinct text searches, neighbours of stored images and searches by an "
+                "uploaded JPEG, as an HTTP client sees them, and the server's peak RSS.",
+                settings=BenchServeSettings,
             ),
         ),
     ),

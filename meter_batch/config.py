@@ -434,6 +434,17 @@ class BenchReportSettings(BenchOutput):
 
 
 @settings(kw_only=True)
+class BenchServeSettings(BenchOutput):
+    n: int = setting("images in the synthetic store", default=100_000)
+    model: str = setting(
+        "the store's model: demo (the shipped one), or an open_clip architecture with "
+        "random weights (RN50: the production text encoder's cost)",
+        default="demo",
+    )
+    requests: int = setting("text searches timed (each a different text)", default=200)
+
+
+@settings(kw_only=True)
 class BenchRescanSettings(BenchOutput):
     files: int = setting("files", default=100_000)
 

@@ -15,8 +15,7 @@ from meter_batch.labels.examples import encode_files, encode_image_data
 from meter_batch.model.encoder import encode_texts
 from meter_batch.model.loading import LoadedModel, load_verified
 from meter_batch.store.commit import Store, open_store
-from meter_batch.store.index import load_index
-from meter_batch.store.index import search as index_search
+from meter_batch.store.index import load_index, searchable
 from meter_batch.store.read import paths_of
 
 
@@ -53,12 +52,18 @@ class Searcher:
     per call, `serve` keeps one until the next commit. The model loads on first use."""
 
     def __init__(
-        self, store: Store, model: ModelSpec | None = None, loaded: LoadedModel | None = None
+        self,
+        store: Store,
+        model: ModelSpec | None = None,
+        loaded: LoadedModel | None = None,
+        shards: int = 1,
     ) -> None:
+        """``shards`` > 1: the index split for parallel scans (serve, with many queries
+        to come; a one-off search would spend longer splitting than scanning)."""
         if not store.manifest.index:
             raise StoreError(f"{store.root} has no committed index yet: run encode first")
         self.store = store
-        self.index = load_index(store.checked(store.manifest.index))
+        self.index = searchable(load_index(store.checked(store.manifest.index)), shards)
         self._model, self._loaded = model, loaded
 
     @property
@@ -94,7 +99,7 @@ class Searcher:
 
     def nearest(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """(image_id, cosine) of the k nearest, best first."""
-        scores, ids = index_search(self.index, query[None, :], k)
+        scores, ids = self.index.search(query[None, :], k)
         # float16-stored vectors are unit length only to ~1e-3: a cosine may read 1.0003
         return [
             (int(i), min(1.0, max(-1.0, float(s))))

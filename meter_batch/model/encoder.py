@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,7 +162,8 @@ def encode_texts(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
     """(N, D) float32 unit vectors for ``texts``, on the CPU; a NaN or inf is a ModelError
     (label matrices and text queries would otherwise score every image NaN)."""
     tokens = loaded.tokenizer(texts)
-    features = loaded.model.encode_text(tokens).float()  # type: ignore[operator]
+    with torch.no_grad():  # a query or a label matrix: no autograd graph (a fifth of the time)
+        features = text_features(loaded.model, tokens).float()
     embeddings = torch.nn.functional.normalize(features, dim=-1)
     bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
     if bad:
@@ -170,3 +172,32 @@ def encode_texts(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
             f"{bad} of {len(texts)} texts; the weights are damaged"
         )
     return embeddings
+
+
+def text_features(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's encode_text, run on the tokens up to the batch's last end-of-text when
+    that is exact: a CLIP text tower with a causal mask that pools at the end-of-text
+    token (the tokenizer's highest id) computes it from the tokens before it only, so the
+    padding to 77 changes nothing but the cost (RN50: 50 -> 27 ms a query, 2 cores)."""
+    if not _trimmable(model):
+        return model.encode_text(tokens)  # type: ignore[operator]
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    text = tokens[:, :length]
+    clip: Any = model
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(text).to(cast) + clip.positional_embedding[:length].to(cast)
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
+    pooled = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]
+    projection = clip.text_projection
+    return projection(pooled) if isinstance(projection, torch.nn.Linear) else pooled @ projection
+
+
+def _trimmable(model: torch.nn.Module) -> bool:
+    from open_clip.model import CLIP
+
+    return (
+        type(model) is CLIP  # not a subclass that may encode text its own way
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_projection", None) is not None
+    )

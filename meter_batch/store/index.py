@@ -123,3 +123,60 @@ def open_index(store: Store) -> faiss.IndexIDMap2:
     if store.manifest.index:
         return load_index(store.checked(store.manifest.index))
     return new_index(store.identity.embed_dim)
+
+
+SHARD_CHUNK = 65_536  # rows decoded at a time while splitting: a bounded float32 copy
+
+
+class ShardedIndex:
+    """The index split into ``count`` parts searched in parallel threads (faiss's
+    IndexShards): one query's scan uses every core (a flat index scans on one thread per
+    query). Same codes, so the same scores; ids are the stored image ids."""
+
+    def __init__(self, index: faiss.IndexIDMap2, count: int) -> None:
+        ids = index_ids(index)
+        self.parts = [new_index(index.d) for _ in range(count)]
+        bounds = np.linspace(0, len(ids), count + 1).astype(int)
+        for part, start, stop in zip(self.parts, bounds[:-1], bounds[1:], strict=True):
+            for low in range(start, stop, SHARD_CHUNK):
+                high = min(stop, low + SHARD_CHUNK)
+                # the fp16 codes decode exactly to float32 and encode back to the same codes
+                rows = index.index.reconstruct_n(int(low), int(high - low))
+                add_embeddings(part, ids[low:high], rows)
+        # threaded; the parts' own ids, not renumbered (the stubs know one argument only)
+        self.shards = faiss.IndexShards(index.d, True, False)  # type: ignore[call-arg]
+        for part in self.parts:
+            self.shards.add_shard(part)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.shards.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, ids
+
+    def reconstruct(self, image_id: int) -> np.ndarray:
+        for part in self.parts:
+            try:
+                return np.asarray(part.reconstruct(image_id))
+            except RuntimeError:  # not in this part
+                continue
+        raise RuntimeError(f"id {image_id} not found")
+
+
+class _Whole:
+    """The index as loaded, behind the same two calls as ShardedIndex."""
+
+    def __init__(self, index: faiss.IndexIDMap2) -> None:
+        self.index = index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return search(self.index, queries, k)
+
+    def reconstruct(self, image_id: int) -> np.ndarray:
+        return np.asarray(self.index.reconstruct(image_id))
+
+
+Searchable = ShardedIndex | _Whole
+
+
+def searchable(index: faiss.IndexIDMap2, shards: int = 1) -> Searchable:
+    """``index`` ready for queries: split in ``shards`` parts when that is > 1."""
+    return ShardedIndex(index, shards) if shards > 1 else _Whole(index)

@@ -120,3 +120,23 @@ def test_finite_weights_that_overflow_stop_encode_before_a_row_is_written(
         f"weights overflow float32 (damaged weights)"
     )
     assert read_parts(store, "embeddings").num_rows == 0
+
+
+@pytest.mark.parametrize("which", ["vit", "resnet", "demo"])
+def test_text_features_on_trimmed_tokens_equal_open_clips_encode_text(which, configs):
+    """Texts of different lengths in one batch (Japanese: many byte tokens each): the
+    trimmed tower's features are open_clip's own, for the test towers and the demo model."""
+    from meter_batch.model.encoder import _trimmable, text_features
+    from meter_batch.tools.demo import demo_model
+
+    spec = demo_model() if which == "demo" else ModelSpec(str(configs[which]), "none")
+    loaded = load_model(spec)
+    assert _trimmable(loaded.model)  # the shortcut is taken, not skipped
+    texts = ["a meter", "デジタルメーター(7セグ)", "an analog meter with a round dial, rusty"]
+    tokens = loaded.tokenizer(texts)
+    assert int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]  # there is padding to cut
+    with torch.no_grad():
+        ours = text_features(loaded.model, tokens)
+        reference = loaded.model.encode_text(tokens)  # type: ignore[operator]
+    assert ours.shape == reference.shape
+    assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-5)

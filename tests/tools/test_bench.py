@@ -145,3 +145,22 @@ def test_bench_report_times_a_report_of_a_store_with_two_scored_versions(tmp_pat
     assert not (tmp_path / "b" / "store").exists()  # the store is removed, the report kept
     html = (tmp_path / "b" / "report" / "index.html").read_text(encoding="utf-8")
     assert "What changed" in html and html.count('class="gallery" data-kind="most"') == 4
+
+
+def test_bench_serve_times_each_route_over_http(tmp_path, capsys):
+    from meter_batch.cli import main
+
+    out = tmp_path / "s.json"
+    argv = ["-q", "bench", "serve", "--n", "300", "--requests", "5",
+            "--dir", str(tmp_path / "b"), "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (result,) = json.loads(out.read_text())
+    assert (result["n"], result["model"], result["text_requests"]) == (300, "meter-clip-tiny", 5)
+    assert (result["neighbours_requests"], result["image_requests"]) == (50, 20)
+    for route in ("text", "neighbours", "image"):
+        # the client waits for the server's answer, so it sees at least the server's time
+        assert result[f"{route}_median_ms"] >= result[f"{route}_server_median_ms"] > 0
+        assert result[f"{route}_p95_ms"] >= result[f"{route}_median_ms"]
+    assert result["server_peak_rss_mib"] > 100
+    assert f"{result['text_median_ms']:>10.1f}" in capsys.readouterr().out
+    assert not (tmp_path / "b" / "serve-store").exists()  # the store is removed

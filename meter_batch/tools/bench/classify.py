@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from threadpoolctl import threadpool_limits
 
-from meter_batch.config import BenchClassifySettings, EncodeConfig
+from meter_batch.config import BenchClassifySettings, EncodeConfig, ModelSpec
 from meter_batch.labels.head import Cache, Head
 from meter_batch.labels.predictions import PredictionWriter
 from meter_batch.labels.scoring import (
@@ -37,6 +37,7 @@ from meter_batch.labels.scoring import (
     product_kernel_name,
     score_files,
 )
+from meter_batch.model.identity import ModelIdentity
 from meter_batch.store.commit import (
     Store,
     commit,
@@ -59,12 +60,20 @@ from meter_batch.tools.bench.common import (
 PART_ROWS = EncodeConfig.part_rows
 
 
-def build_synthetic_store(root: Path, rows: int, dim: int, seed: int = 0) -> None:
-    """N random unit float16 vectors, committed through RunWriter + the manifest commit."""
+def build_synthetic_store(
+    root: Path,
+    rows: int,
+    dim: int,
+    seed: int = 0,
+    model: tuple[ModelIdentity, ModelSpec] | None = None,
+) -> None:
+    """N random unit float16 vectors, committed through RunWriter + the manifest commit;
+    recorded as ``model``'s embeddings when given (so that `serve` can load it)."""
     shutil.rmtree(root, ignore_errors=True)
     generator = torch.Generator().manual_seed(seed)
+    identity, source = model or (synthetic_identity(dim), SYNTHETIC_MODEL)
     with locked(root) as lock:
-        store = open_for_write(root, synthetic_identity(dim), SYNTHETIC_MODEL, lock)
+        store = open_for_write(root, identity, source, lock)
         # parts of encode's own size: the scorer maps one file at a time, so a part's
         # size (not N) bounds the pages it holds
         writer = RunWriter(store, "bench", 0, part_rows=PART_ROWS)
