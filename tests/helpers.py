@@ -10,9 +10,11 @@ import random
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import open_clip
 import pyarrow as pa
@@ -302,3 +304,18 @@ def section_screenshots(browser: Any, index: Path, folder: Path) -> list[Path]:
         shots.append(shot)
     page.close()
     return shots
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    store: Path
+    images: Path
+    relpaths: list[str]
+    ids: dict[str, int]  # path -> image_id
+
+    def get(self, path: str, **params: str | int) -> httpx.Response:
+        return httpx.get(self.url + path, params=params, timeout=30)

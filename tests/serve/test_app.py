@@ -7,11 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,51 +17,10 @@ from PIL import Image
 from meter_batch.config import ServeSettings
 from meter_batch.errors import ConfigError
 from meter_batch.ingest.encode_run import encode
-from meter_batch.labels.classify_run import classify
 from meter_batch.labels.search import search
-from meter_batch.serve.serve_run import bound_port, check_host, make_server
+from meter_batch.serve.serve_run import check_host
 from meter_batch.store.catalog import run_query
-from tests.helpers import encode_config, labels_toml, make_images, stored_vectors
-
-
-@dataclass(frozen=True)
-class Served:
-    url: str
-    store: Path
-    images: Path
-    relpaths: list[str]
-    ids: dict[str, int]  # path -> image_id
-
-    def get(self, path: str, **params: str | int) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, configs: dict[str, Path]) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("serve")
-    images, store = root / "images", root / "store"
-    relpaths = make_images(images, 14)
-    outside = root / "secret.png"
-    Image.new("RGB", (40, 30), "red").save(outside)
-    (images / "link.png").symlink_to(outside)  # encode follows it; serve must not hand it out
-    encode(encode_config(images, store, configs["vit"], workers=0), False)
-    classify(store, labels_toml(root), interactive=False)
-    report = root / "report"
-    report.mkdir()
-    (report / "index.html").write_text("<h1>the report</h1>")
-    settings = ServeSettings(port=0, max_upload_mb=1, report=report)
-    server = make_server(store, settings)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
-    rows = run_query(store, "SELECT path, image_id FROM images").to_pylist()
-    ids = {row["path"]: row["image_id"] for row in rows}
-    yield Served(f"http://127.0.0.1:{bound_port(server)}", store, images, relpaths, ids)
-    server.should_exit = True
-    thread.join(10)
+from tests.helpers import Served, encode_config, make_images, stored_vectors
 
 
 def test_text_search_answers_as_the_cli_search_does(served):

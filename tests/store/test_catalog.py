@@ -105,9 +105,10 @@ def test_a_query_rebuilds_an_older_catalog_first_unless_a_run_holds_the_store(st
 
     _, root, _ = store
     _make_catalog_old(root)
-    with locked(root):  # a run in progress: queried as it is, and the error says why
-        with pytest.raises(ConfigError, match=r"jpeg_decode.*out of date.*rebuilds it"):
-            run_query(root, "SELECT jpeg_decode FROM runs")
+    stale = r"jpeg_decode.*out of date.*rebuilds it"
+    # a run in progress holds the store: the catalog is queried as it is, the error says why
+    with locked(root), pytest.raises(ConfigError, match=stale):
+        run_query(root, "SELECT jpeg_decode FROM runs")
     assert run_query(root, "SELECT jpeg_decode FROM runs").to_pylist() == [
         {"jpeg_decode": "workers"}
     ]
