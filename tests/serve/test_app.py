@@ -172,24 +172,3 @@ def test_an_upload_without_a_length_is_cut_off_at_the_limit(served):
 
     answer = httpx.post(f"{served.url}/api/search/image", content=body())
     assert answer.status_code == 413
-
-
-def test_the_cli_serves_until_sigterm(served):
-    """`meter-batch serve STORE --port 0` as a user runs it: the log line names the URL;
-    SIGTERM stops it with systemd's exit code."""
-    import re
-    import signal
-    import subprocess
-    import sys
-
-    run = subprocess.Popen(
-        [sys.executable, "-m", "meter_batch", "serve", str(served.store), "--port", "0"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert run.stderr is not None
-    line = run.stderr.readline()
-    found = re.search(r"serving .* at (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops\)", line)
-    assert found, line
-    assert httpx.get(found.group(1) + "api/status", timeout=30).json()["images"] >= 15
-    run.send_signal(signal.SIGTERM)
-    assert run.wait(timeout=30) == 143

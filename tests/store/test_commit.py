@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -119,9 +120,11 @@ class _ForkedRun:
 
 
 def _run_forked(args: list[str], env: dict[str, str]) -> None:
-    # A forked child that enters the OpenMP thread pool its parent started segfaults
-    # (GNU libgomp); one torch thread keeps it out, as DataLoader workers do.
+    # A forked child that enters an OpenMP thread pool its parent started segfaults or
+    # hangs (GNU libgomp); one thread keeps it out, as DataLoader workers do: torch's, and
+    # faiss's own pool (the index the run adds to; earlier tests' searches started it)
     torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     os.environ.update(env)
     faults._seen.clear()  # count this run's crash points from zero
     os._exit(main(["-q", *args]))
@@ -152,7 +155,9 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, configs):
             process.send_signal(signal.SIGKILL)
         else:
             process = _ForkedRun(args, env={"METER_BATCH_CRASH_AT": f"{point}:{count}"})
-        kills += process.wait(120) == -signal.SIGKILL
+        code = process.wait(120)
+        assert code is not None, f"cycle {cycle} ({point}): the forked run hung: {_state(process)}"
+        kills += code == -signal.SIGKILL
         assert main(args) == 0
         _check_against_disk(images, store)
     assert kills >= 20
@@ -162,6 +167,15 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, configs):
     assert set(reference) == set(stored)
     for path, row in reference.items():
         assert np.allclose(row["embedding"], stored[path]["embedding"], atol=2e-3), path
+
+
+def _state(run: _ForkedRun) -> str:
+    """What a hung child is waiting in, thread by thread (then it is killed)."""
+    pid = run.process.pid
+    tasks = sorted(Path(f"/proc/{pid}/task").iterdir()) if pid is not None else []
+    waits = [(t / "wchan").read_text() for t in tasks if (t / "wchan").exists()]
+    run.send_signal(signal.SIGKILL)
+    return f"{len(tasks)} threads waiting in {waits}"
 
 
 def _check_against_disk(images: Path, store: Path) -> None:

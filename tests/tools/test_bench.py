@@ -162,5 +162,8 @@ def test_bench_serve_times_each_route_over_http(tmp_path, capsys):
         assert result[f"{route}_median_ms"] >= result[f"{route}_server_median_ms"] > 0
         assert result[f"{route}_p95_ms"] >= result[f"{route}_median_ms"]
     assert result["server_peak_rss_mib"] > 100
+    # the server ran as `meter-batch serve STORE --port 0` (its log line named the URL the
+    # figures came from) and stopped on SIGTERM with systemd's exit code
+    assert result["server_exit"] == 143
     assert f"{result['text_median_ms']:>10.1f}" in capsys.readouterr().out
     assert not (tmp_path / "b" / "serve-store").exists()  # the store is removed

@@ -51,6 +51,7 @@ def run(settings: BenchServeSettings) -> list[dict[str, Any]]:
         with _server(root) as (url, process):
             result = _measure(url, settings)
             result["server_peak_rss_mib"] = _peak_rss_mib(process.pid)
+        result["server_exit"] = process.returncode  # SIGTERM, as systemd stops it: 143
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return [{"n": settings.n, "model": identity.architecture, "build_s": build_s, **result}]
@@ -59,7 +60,6 @@ def run(settings: BenchServeSettings) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def _server(root: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`meter-batch serve ROOT --port 0` in its own process, until the block ends."""
-    started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "meter_batch", "serve", str(root), "--port", "0"],
         stderr=subprocess.PIPE, text=True,
@@ -72,11 +72,12 @@ def _server(root: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
                 break
         else:
             raise RuntimeError(f"serve exited with {process.wait()} before listening")
-        process.startup_s = round(time.perf_counter() - started, 2)  # type: ignore[attr-defined]
         yield found.group(1), process
     finally:
         process.terminate()
         process.wait(30)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def _measure(url: str, settings: BenchServeSettings) -> dict[str, Any]:
