@@ -67,8 +67,10 @@ def decoded_batches(
             return
         except Exception as exc:
             # worker deaths and timeouts, and anything a worker raised (re-raised by torch
-            # as "Caught X in DataLoader worker process N"): isolate; other errors are ours
-            if "DataLoader" not in str(exc):
+            # as "Caught X in DataLoader worker process N"): isolate; other errors are ours.
+            # A worker that dies while the main process fetches the shared memory of a
+            # batch it sent shows as a reset connection to its resource sharer instead.
+            if "DataLoader" not in str(exc) and not isinstance(exc, ConnectionError | EOFError):
                 raise
             log.warning("decoder worker failed (%s); retrying its files one by one", exc)
             start += delivered

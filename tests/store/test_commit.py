@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import faulthandler
 import multiprocessing
 import os
 import random
@@ -14,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -99,15 +99,21 @@ CRASH_POINTS = ["locked", "scan", "batch", "parquet", "vectors", "rename", "fais
                 "manifest", "committed"]  # fmt: skip
 
 
+# Each run is forked from a fork server: a fresh interpreter that imported the CLI once,
+# and runs nothing else. Forked from the test process itself, after a few hundred tests
+# had left threads and library state behind, a child now and then hung for good
+# (every thread in a futex wait, in open_clip's config registry), holding the store's lock.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["meter_batch.cli", "tests.store.test_commit"])
+
+
 class _ForkedRun:
-    """`meter-batch ARGS` in a child forked from this process, with ``env`` added: the
-    same run as a fresh interpreter's, killed the same way, without its 3-6 s of imports
-    each time (23 of them made this test 145 s)."""
+    """`meter-batch ARGS` in a child of the fork server, with ``env`` added: the same run
+    as a fresh interpreter's, killed the same way, without its 3-6 s of imports each time
+    (23 of them made this test 145 s)."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = multiprocessing.get_context("fork").Process(
-            target=_run_forked, args=(args, env), daemon=True
-        )
+        self.process = _FORKS.Process(target=_run_forked, args=(args, env), daemon=True)
         self.process.start()
 
     def send_signal(self, number: int) -> None:
@@ -120,13 +126,10 @@ class _ForkedRun:
 
 
 def _run_forked(args: list[str], env: dict[str, str]) -> None:
-    # A forked child that enters an OpenMP thread pool its parent started segfaults or
-    # hangs (GNU libgomp); one thread keeps it out, as DataLoader workers do: torch's, and
-    # faiss's own pool (the index the run adds to; earlier tests' searches started it)
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)  # the run as the CLI's, on a share of the 2 cores
     os.environ.update(env)
     faults._seen.clear()  # count this run's crash points from zero
+    faulthandler.dump_traceback_later(60)  # a hang shows every thread's stack (stderr)
     os._exit(main(["-q", *args]))
 
 
