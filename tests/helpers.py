@@ -4,7 +4,9 @@ reading a store back the way an outside reader would (only what the manifest lis
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -23,6 +25,8 @@ import pytest
 import torch
 from PIL import Image
 
+from meter_batch import faults
+from meter_batch.cli import main
 from meter_batch.config import EncodeConfig, ModelSpec
 from meter_batch.ingest.encode_run import RunSummary, encode
 from meter_batch.store.catalog import run_query
@@ -319,3 +323,50 @@ class Served:
 
     def get(self, path: str, **params: str | int) -> httpx.Response:
         return httpx.get(self.url + path, params=params, timeout=30)
+
+
+# --- runs in a child process, without the imports -------------------------------------
+
+
+# Each run is forked from a fork server: a fresh interpreter that imported the CLI once,
+# and runs nothing else. Forked from the test process itself, after a few hundred tests
+# had left threads and library state behind, a child now and then hung for good
+# (every thread in a futex wait, in open_clip's config registry), holding the store's lock.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["meter_batch.cli", "tests.helpers"])
+
+
+class ForkedRun:
+    """`meter-batch ARGS` in a child of the fork server, with ``env`` added: the same run
+    as a fresh interpreter's, killed the same way, without its 3-6 s of imports each time
+    (23 of them made the SIGKILL sweep 145 s). ``stderr``: a file for what it prints.
+    Only for runs without decode workers: a child of the fork server would start its
+    workers from the fork server too, not as its own children, unlike a real run."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        stderr: Path | None = None,
+    ) -> None:
+        target, what = _run_forked, (args, env, stderr)
+        self.process = _FORKS.Process(target=target, args=what, daemon=True)
+        self.process.start()
+
+    def send_signal(self, number: int) -> None:
+        assert self.process.pid is not None
+        os.kill(self.process.pid, number)
+
+    def wait(self, timeout: float) -> int | None:
+        self.process.join(timeout)
+        return self.process.exitcode
+
+
+def _run_forked(args: list[str], env: dict[str, str], stderr: Path | None) -> None:
+    if stderr is not None:  # what the run says, for the test to read
+        os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+    torch.set_num_threads(1)  # the run as the CLI's, on a share of the 2 cores
+    os.environ.update(env)
+    faulthandler.dump_traceback_later(60)  # a hang shows every thread's stack (stderr)
+    faults._seen.clear()  # count this run's crash points from zero
+    os._exit(main(["-q", *args]))

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import builtins
 import errno
-import faulthandler
-import multiprocessing
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from meter_batch import faults
 from meter_batch.cli import main
 from meter_batch.errors import StoreError, StoreLockedError
 from meter_batch.ingest.encode_run import encode
@@ -27,6 +20,7 @@ from meter_batch.store import commit as store_module
 from meter_batch.store.catalog import run_query
 from meter_batch.store.commit import LOCK_FILE, locked, open_store
 from tests.helpers import (
+    ForkedRun,
     assert_consistent,
     encode_args,
     encode_config,
@@ -72,65 +66,22 @@ def test_disk_full_through_the_cli_is_exit_5(tmp_path, image_dir, configs, monke
     assert len(err) == 1 and "disk full" in err[0]
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "meter_batch", "-q", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_two_concurrent_runs_exactly_one_proceeds(tmp_path, image_dir, configs):
     images, _ = image_dir
     args = ["encode", str(images), "--store", str(tmp_path / "s"), "--model",
             str(configs["vit"]), "--pretrained", "none", "--workers", "0"]  # fmt: skip
-    slow = {"METER_BATCH_PAUSE_AT": "locked:4"}
-    first, second = _cli(*args, env=slow), _cli(*args, env=slow)
-    results = sorted([first.wait(60), second.wait(60)])
-    assert results == [0, 7]
-    loser = first if first.returncode == 7 else second
-    assert "locked by another meter-batch run" in (loser.stderr.read() if loser.stderr else "")
+    slow = {"METER_BATCH_PAUSE_AT": "locked:2"}  # the winner holds the lock 2 s: overlap
+    errors = [tmp_path / "first.err", tmp_path / "second.err"]
+    runs = [ForkedRun(args, env=slow, stderr=path) for path in errors]
+    codes = [run.wait(60) for run in runs]
+    assert sorted(code or 0 for code in codes) == [0, 7]
+    loser = errors[codes.index(7)]
+    assert "locked by another meter-batch run" in loser.read_text()
     assert len(live(tmp_path / "s")) == 14
 
 
 CRASH_POINTS = ["locked", "scan", "batch", "parquet", "vectors", "rename", "faiss",
                 "manifest", "committed"]  # fmt: skip
-
-
-# Each run is forked from a fork server: a fresh interpreter that imported the CLI once,
-# and runs nothing else. Forked from the test process itself, after a few hundred tests
-# had left threads and library state behind, a child now and then hung for good
-# (every thread in a futex wait, in open_clip's config registry), holding the store's lock.
-_FORKS = multiprocessing.get_context("forkserver")
-_FORKS.set_forkserver_preload(["meter_batch.cli", "tests.store.test_commit"])
-
-
-class _ForkedRun:
-    """`meter-batch ARGS` in a child of the fork server, with ``env`` added: the same run
-    as a fresh interpreter's, killed the same way, without its 3-6 s of imports each time
-    (23 of them made this test 145 s)."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = _FORKS.Process(target=_run_forked, args=(args, env), daemon=True)
-        self.process.start()
-
-    def send_signal(self, number: int) -> None:
-        assert self.process.pid is not None
-        os.kill(self.process.pid, number)
-
-    def wait(self, timeout: float) -> int | None:
-        self.process.join(timeout)
-        return self.process.exitcode
-
-
-def _run_forked(args: list[str], env: dict[str, str]) -> None:
-    torch.set_num_threads(1)  # the run as the CLI's, on a share of the 2 cores
-    os.environ.update(env)
-    faults._seen.clear()  # count this run's crash points from zero
-    faulthandler.dump_traceback_later(60)  # a hang shows every thread's stack (stderr)
-    os._exit(main(["-q", *args]))
 
 
 @pytest.mark.slow
@@ -153,11 +104,11 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, configs):
             next(images.rglob("*.png")).unlink()
         if point == "timer":
             # slowed at each batch so that a random moment falls inside the run
-            process = _ForkedRun(args, env={"METER_BATCH_PAUSE_AT": "batch:0.5"})
+            process = ForkedRun(args, env={"METER_BATCH_PAUSE_AT": "batch:0.5"})
             time.sleep(rng.uniform(0.2, 1.0))  # the run takes >= 1 s: two batches of 0.5 s
             process.send_signal(signal.SIGKILL)
         else:
-            process = _ForkedRun(args, env={"METER_BATCH_CRASH_AT": f"{point}:{count}"})
+            process = ForkedRun(args, env={"METER_BATCH_CRASH_AT": f"{point}:{count}"})
         code = process.wait(120)
         assert code is not None, f"cycle {cycle} ({point}): the forked run hung: {_state(process)}"
         kills += code == -signal.SIGKILL
@@ -172,7 +123,7 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, configs):
         assert np.allclose(row["embedding"], stored[path]["embedding"], atol=2e-3), path
 
 
-def _state(run: _ForkedRun) -> str:
+def _state(run: ForkedRun) -> str:
     """What a hung child is waiting in, thread by thread (then it is killed)."""
     pid = run.process.pid
     tasks = sorted(Path(f"/proc/{pid}/task").iterdir()) if pid is not None else []
@@ -193,7 +144,7 @@ def test_a_first_run_killed_after_a_commit_can_be_queried(tmp_path, configs):
     args = ["encode", str(images), "--store", str(store), "--model", str(configs["vit"]),
             "--pretrained", "none", "--workers", "0", "--batch-size", "3",
             "--commit-every", "4"]  # fmt: skip
-    process = _cli(*args, env={"METER_BATCH_CRASH_AT": "batch:3"})  # 6 images committed
+    process = ForkedRun(args, env={"METER_BATCH_CRASH_AT": "batch:3"})  # 6 images committed
     assert process.wait(120) == -signal.SIGKILL
     counts = run_query(store, "SELECT count(*) FROM images")  # the catalog of that commit
     assert counts.column(0).to_pylist() == [6]
